@@ -1,0 +1,56 @@
+"""Metric tables: Markdown for reading, CSV (one row per model/condition) for scripts."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def summarize_rows(per_item: Sequence[Mapping[str, float]], metrics: Sequence[str]) -> dict[str, float]:
+    """Mean and std over items for each metric; non-finite values are counted, never averaged silently."""
+    out: dict[str, float] = {"n": len(per_item)}
+    for m in metrics:
+        values = np.asarray([item[m] for item in per_item], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        out[m] = float(finite.mean()) if finite.size else math.nan
+        out[f"{m}_std"] = float(finite.std()) if finite.size else math.nan
+        if finite.size != values.size:
+            out[f"{m}_nonfinite"] = int(values.size - finite.size)
+    return out
+
+
+def _cell(row: Mapping, metric: str, digits: int) -> str:
+    mean, std = row.get(metric, math.nan), row.get(f"{metric}_std", math.nan)
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+    bad = row.get(f"{metric}_nonfinite")
+    return text + (f" ({bad} non-finite excluded)" if bad else "")
+
+
+def write_table(out_dir: str, name: str, title: str, rows: Sequence[Mapping], key_columns: Sequence[str],
+                metrics: Sequence[tuple[str, str, int]], notes: Sequence[str] = ()) -> tuple[str, str]:
+    """Writes ``name.md`` and ``name.csv``.
+
+    ``metrics`` is [(column, header, digits)]: the CSV gets ``column`` (mean) and ``column_std``;
+    the Markdown shows ``mean ± std``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    md_path, csv_path = os.path.join(out_dir, f"{name}.md"), os.path.join(out_dir, f"{name}.csv")
+    header = [*key_columns, "n", *(h for _, h, _ in metrics)]
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row[k]) for k in key_columns] + [str(row.get("n", ""))]
+        cells += [_cell(row, m, d) for m, _, d in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *notes]
+    with open(md_path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    fields = [*key_columns, "n"] + [c for m, _, _ in metrics for c in (m, f"{m}_std")]
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in fields})
+    return md_path, csv_path

@@ -1,0 +1,52 @@
+"""Metric logging: JSON lines + TensorBoard event files, and a console progress bar."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Mapping
+
+import numpy as np
+import tqdm
+
+
+class MetricLogger:
+    """Writes ``metrics.jsonl`` and TensorBoard events in a run's workdir (process 0 only)."""
+
+    def __init__(self, workdir: str, total_steps: int, initial_step: int, enabled: bool = True,
+                 description: str = "train"):
+        self.enabled = enabled
+        self._jsonl = self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            from tensorboardX import SummaryWriter  # imported lazily: only process 0 writes events
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, desc=description, unit="step",
+                              disable=not enabled, dynamic_ncols=True, mininterval=2.0)
+        self._last = (time.perf_counter(), initial_step)
+
+    def write(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        now, (then, then_step) = time.perf_counter(), self._last
+        record = {f"{prefix}/{k}": float(np.asarray(v)) for k, v in metrics.items()}
+        if prefix == "train" and step > then_step:
+            record["train/steps_per_second"] = (step - then_step) / max(now - then, 1e-9)
+            self._last = (now, step)
+        self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
+        self._jsonl.flush()
+        for k, v in record.items():
+            self._tb.add_scalar(k, v, step)
+        loss = record.get(f"{prefix}/loss")
+        if loss is not None:
+            self._bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    def advance(self, steps: int = 1) -> None:
+        self._bar.update(steps)
+
+    def close(self) -> None:
+        self._bar.close()
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()

@@ -1,0 +1,168 @@
+"""The one generic training loop: config + workdir -> trained, checkpointed model.
+
+Banner-commented blocks as in big_vision: data, mesh and sharding, model and optimizer,
+checkpoint restore, compiled step, loop. The step is a pure function
+``(state, batch, rng) -> (state, metrics)`` compiled once with ``jax.jit`` over a mesh, the state
+donated. Metrics are fetched one step late so the host never waits on the device inside the loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from avrep.training import mesh as mesh_lib
+from avrep.training.checkpointing import Checkpointer
+from avrep.training.logging import MetricLogger
+from avrep.training.optimizer import make_optimizer
+from avrep.training.tasks import build_task
+from data_pipelines import registry
+from data_pipelines.pipelines import open_source, training_iterator
+
+
+def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
+    """An empty ``data.data_dir`` means $AVREP_DATA_DIR, else TFDS's default ~/tensorflow_datasets."""
+    return config.data.get("data_dir") or os.environ.get("AVREP_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _batch_digest(batch) -> str:
+    h = hashlib.sha1()
+    for leaf in jax.tree.leaves(batch):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
+
+
+def make_train_step(task, tx: optax.GradientTransformation, schedule):
+    """The pure training step (not yet compiled)."""
+
+    def train_step(state, batch, rng):
+        step_rng = jax.random.fold_in(rng, state["step"])
+        grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+        (loss, (metrics, model_state)), grads = grad_fn(state["params"], state["model_state"], batch, step_rng)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                       learning_rate=schedule(state["step"]))
+        new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state,
+                     "opt_state": opt_state}
+        return new_state, metrics
+
+    return train_step
+
+
+def create_state(task, tx: optax.GradientTransformation, mesh, rng: jax.Array) -> dict:
+    """Freshly initialised train state, replicated over ``mesh``."""
+    replicated = mesh_lib.replicated(mesh)
+    variables = jax.jit(task.init_variables, out_shardings=replicated)(rng, task.dummy_batch())
+    return {"step": jax.device_put(jnp.asarray(0, jnp.int32), replicated), "params": variables["params"],
+            "model_state": {k: v for k, v in variables.items() if k != "params"},
+            "opt_state": jax.jit(tx.init, out_shardings=replicated)(variables["params"])}
+
+
+def compile_train_step(task, tx, schedule, mesh, state):
+    """``jax.jit`` of the step with explicit shardings: state replicated and donated, batch split."""
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    replicated = mesh_lib.replicated(mesh)
+    return jax.jit(make_train_step(task, tx, schedule),
+                   in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
+                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the last metrics."""
+    config = ml_collections.ConfigDict(config)
+    with config.unlocked():
+        config.data.data_dir = resolve_data_dir(config)
+    task = build_task(config)
+    num_steps = int(config.train.num_steps)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+
+    # ---------------------------------------------------------------- data
+    if is_main:
+        registry.prepare(config.data.name, config.data.data_dir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("avrep:data_prepared")
+    source = open_source(config.data.name, config.data.train_split, config.data.data_dir)
+    data_iter = training_iterator(source, task.pipeline, task.framing, seed=int(config.seed),
+                                  process_index=jax.process_index(), process_count=jax.process_count())
+
+    # ---------------------------------------------------------------- mesh and sharding
+    mesh = mesh_lib.make_mesh(config.mesh)
+    if task.pipeline.examples_per_batch % mesh.size:
+        raise ValueError(f"config key data.examples_per_batch={task.pipeline.examples_per_batch} must be "
+                         f"divisible by the {mesh.size} devices of the mesh")
+
+    # ---------------------------------------------------------------- model and optimizer
+    init_rng, step_rng = jax.random.split(jax.random.key(int(config.seed)))
+    tx, schedule = make_optimizer(config.optimizer, num_steps)
+    state = create_state(task, tx, mesh, init_rng)
+
+    # ---------------------------------------------------------------- checkpoint restore
+    checkpointer = Checkpointer(workdir, max_to_keep=int(config.train.max_checkpoints_to_keep))
+    start = checkpointer.latest_step() or 0
+    if start:
+        variables = {"params": state["params"], **state["model_state"]}
+        variables, opt_state = checkpointer.restore(start, _abstract(variables), _abstract(state["opt_state"]),
+                                                    data_iter)
+        state = {"step": jax.device_put(jnp.asarray(start, jnp.int32), mesh_lib.replicated(mesh)),
+                 "params": variables["params"], "model_state": {k: v for k, v in variables.items() if k != "params"},
+                 "opt_state": opt_state}
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    # ---------------------------------------------------------------- compiled step
+    step_fn = compile_train_step(task, tx, schedule, mesh, state)
+
+    # ---------------------------------------------------------------- loop
+    log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
+    logger = MetricLogger(workdir, num_steps, start, enabled=is_main, description=config.get("name", "train"))
+    digest_file = None
+    if config.train.get("log_batch_digest", False):
+        digest_file = open(os.path.join(workdir, f"batches.process{jax.process_index()}.jsonl"), "a", buffering=1)
+    pending, last = None, {}
+
+    def flush(pending):
+        step, metrics = pending
+        values = jax.device_get(metrics)
+        logger.write(step, values)
+        return values
+
+    for step in range(start, num_steps):
+        local = next(data_iter)
+        if digest_file:
+            digest_file.write(json.dumps({"step": step + 1, "digest": _batch_digest(local)}) + "\n")
+        state, metrics = step_fn(state, mesh_lib.global_batch(local, mesh), step_rng)
+        if pending is not None:  # the previous step's metrics: ready by now, no stall
+            last = flush(pending)
+            pending = None
+        if (step + 1) % log_every == 0 or step + 1 == num_steps:
+            pending = (step + 1, metrics)
+        logger.advance()
+        if (step + 1) % ckpt_every == 0 or step + 1 == num_steps:
+            checkpointer.save(step + 1, {"params": state["params"], **state["model_state"]},
+                              state["opt_state"], data_iter, config)
+        if step + 1 == config.train.get("simulate_preemption_at_step", -1):
+            os.kill(os.getpid(), signal.SIGKILL)  # tests: die abruptly, possibly mid-save
+    if pending is not None:
+        last = flush(pending)
+    checkpointer.wait()
+    checkpointer.close()
+    logger.close()
+    if digest_file:
+        digest_file.close()
+    return {"step": num_steps, **{k: float(np.asarray(v)) for k, v in last.items()}}

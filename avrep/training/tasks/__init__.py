@@ -1,0 +1,14 @@
+"""Task registry: config.task -> Task class."""
+from __future__ import annotations
+
+from avrep.training.tasks.base import Task
+from avrep.training.tasks.vqvae import VQVAETask
+
+TASKS: dict[str, type[Task]] = {"vqvae": VQVAETask}
+
+
+def build_task(config) -> Task:
+    name = config.get("task")
+    if name not in TASKS:
+        raise ValueError(f"config key task must be one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name](config)

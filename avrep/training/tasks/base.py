@@ -1,0 +1,67 @@
+"""The small interface through which the one generic training loop serves every model family."""
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from data_pipelines.pipelines import AudioFraming, PipelineSpec
+
+Variables = dict[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+class Task(abc.ABC):
+    """A model family's training glue: its module, its input spec, its loss.
+
+    ``variables`` are Flax collections: ``params`` is trained by the optimizer, every other
+    collection (EMA codebook statistics, batch statistics) is ``model_state``, updated by the
+    loss function itself and returned beside the metrics.
+    """
+
+    def __init__(self, config: Mapping):
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def module(self) -> nn.Module:
+        """The Flax module whose variables the checkpoint holds."""
+
+    @property
+    @abc.abstractmethod
+    def pipeline(self) -> PipelineSpec:
+        """What the input pipeline must deliver."""
+
+    @property
+    def framing(self) -> AudioFraming:
+        a = self.config["audio"]
+        return AudioFraming(n_fft=int(a["n_fft"]), hop=int(a["hop"]), pad_mode=str(a["pad_mode"]))
+
+    def dummy_batch(self) -> dict:
+        """A zero batch with the pipeline's shapes (2 examples): for shape inference and restores."""
+        spec, framing, n = self.pipeline, self.framing, 2
+        frames = 1 if spec.kind == "frames" else spec.frames_per_example
+        batch = {}
+        if "audio" in spec.modalities:
+            shape = (n, 1, framing.n_fft) if spec.kind == "frames" else (n, (frames - 1) * framing.hop + framing.n_fft)
+            batch["audio"] = np.zeros(shape, np.float32)
+        if "video" in spec.modalities:
+            size = int(self.config["data"]["image_size"])
+            batch["video"] = np.zeros((n, frames, size, size, 3), np.uint8)
+        return batch
+
+    @abc.abstractmethod
+    def init_variables(self, rng: jax.Array, batch: Any) -> Variables:
+        """Initial variables (all collections) for a global batch."""
+
+    @abc.abstractmethod
+    def loss(self, params: Any, model_state: Variables, batch: Any, rng: jax.Array
+             ) -> tuple[jax.Array, tuple[Metrics, Variables]]:
+        """Training loss, its metrics and the updated non-trainable collections."""
+
+    def apply_fn(self, variables: Variables, *args, **kwargs):
+        """Inference entry point handed to users by ``avrep.load_checkpoint``."""
+        return self.module.apply(variables, *args, train=False, **kwargs)

@@ -1,0 +1,141 @@
+"""Throughput and memory benchmarks; prints one JSON line per case.
+
+  python benchmarks/run.py                       # every case
+  python benchmarks/run.py --only vqvae_audio input_pipeline
+
+Training-step cases time the real compiled step of avrep.training (featurization on device
+included: the STFT for audio, uint8 -> float for video) on random inputs of the paper-setting
+shapes. Input-pipeline cases time the Grain pipeline over SynthAV records, in the same units.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from avrep.training import loop, mesh as mesh_lib  # noqa: E402
+from avrep.training.optimizer import make_optimizer  # noqa: E402
+from avrep.training.tasks import build_task  # noqa: E402
+from configs import vqvae_audio, vqvae_visual  # noqa: E402
+
+
+def _peak_memory_mb() -> float:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # host peak RSS (CPU backend)
+
+
+def _device() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()} ({os.cpu_count()} host cores)"
+
+
+def _random_batch(task, rng):
+    spec, framing = task.pipeline, task.framing
+    e, k = spec.examples_per_batch, spec.frames_per_example
+    batch = {}
+    if "audio" in spec.modalities:
+        batch["audio"] = (0.1 * rng.standard_normal((e, k, framing.n_fft))).astype(np.float32)
+    if "video" in spec.modalities:
+        s = int(task.config.data.image_size)
+        batch["video"] = rng.integers(0, 256, (e, k, s, s, 3), dtype=np.uint8)
+    return batch
+
+
+def bench_train_step(name, config, unit_per_example, steps):
+    task = build_task(config)
+    mesh = mesh_lib.make_mesh(config.mesh)
+    tx, schedule = make_optimizer(config.optimizer, 1000)
+    state = loop.create_state(task, tx, mesh, jax.random.key(0))
+    step = loop.compile_train_step(task, tx, schedule, mesh, state)
+    batch = mesh_lib.global_batch(_random_batch(task, np.random.default_rng(0)), mesh)
+    rng = jax.random.key(1)
+    for _ in range(3):  # compile + warm-up
+        state, metrics = step(state, batch, rng)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, metrics = step(state, batch, rng)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t)
+    per_step = float(np.median(times))
+    n = task.pipeline.examples_per_batch * unit_per_example
+    flops = step.lower(state, batch, rng).compile().cost_analysis()
+    flops = (flops[0] if isinstance(flops, list) else flops or {}).get("flops", float("nan"))
+    return {"name": name, "throughput": round(n / per_step, 1), "unit": config.bench_unit, "batch": n,
+            "params": int(sum(x.size for x in jax.tree.leaves(state["params"]))),
+            "step_time_ms": round(per_step * 1e3, 2), "gflops_per_s": round(flops / per_step / 1e9, 1),
+            "peak_memory_mb": round(_peak_memory_mb(), 1), "device": _device()}
+
+
+def bench_input_pipeline(name, config, data_dir, unit_per_example, batches):
+    from data_pipelines import pipelines, registry
+
+    registry.prepare(config.data.name, data_dir)
+    task = build_task(config)
+    source = pipelines.open_source(config.data.name, "train", data_dir)
+    it = pipelines.training_iterator(source, task.pipeline, task.framing, seed=0)
+    next(it)
+    t = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    elapsed = time.perf_counter() - t
+    n = task.pipeline.examples_per_batch * unit_per_example
+    return {"name": name, "throughput": round(n * batches / elapsed, 1), "unit": config.bench_unit, "batch": n,
+            "params": 0, "dataset": config.data.name, "peak_memory_mb": round(_peak_memory_mb(), 1),
+            "device": f"host ({os.cpu_count()} cores, 1 reader thread)"}
+
+
+def _audio_config():
+    c = vqvae_audio.get_config()
+    c.data.examples_per_batch, c.data.frames_per_example = 32, 32  # 1024 frames, the authors' batch
+    c.bench_unit = "frames/s"
+    return c
+
+
+def _visual_config():
+    c = vqvae_visual.get_config()
+    c.data.examples_per_batch, c.data.frames_per_example = 32, 8  # 256 images of 64x64
+    c.bench_unit = "images/s"
+    return c
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None, help="case names or prefixes")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per training case")
+    parser.add_argument("--data_dir", default=os.path.expanduser("~/.cache/avrep/benchmark_data"),
+                        help="where SynthAV is generated for the input-pipeline cases")
+    parser.add_argument("--dataset", default="synthav/mdvae", help="dataset for the input-pipeline cases")
+    args = parser.parse_args()
+
+    def data_config(make):
+        c = make()
+        c.data.name = args.dataset
+        return c
+
+    cases = {
+        "vqvae_audio": lambda: bench_train_step("vqvae_audio", _audio_config(), 32, args.steps),
+        "vqvae_visual": lambda: bench_train_step("vqvae_visual", _visual_config(), 8, args.steps),
+        "input_pipeline_audio": lambda: bench_input_pipeline("input_pipeline_audio", data_config(_audio_config),
+                                                             args.data_dir, 32, 20),
+        "input_pipeline_visual": lambda: bench_input_pipeline("input_pipeline_visual", data_config(_visual_config),
+                                                              args.data_dir, 8, 20),
+    }
+    for name, run in cases.items():
+        if args.only is None or any(name.startswith(o) for o in args.only):
+            print(json.dumps(run()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

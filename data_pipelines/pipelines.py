@@ -1,0 +1,181 @@
+"""Grain input pipelines over TFDS ArrayRecord datasets.
+
+The host side stays light: read a record, peak-normalise the waveform, cut aligned audio and
+video windows, batch. Spectrograms are computed on the accelerator inside the jitted step
+(avrep.audio), from waveform windows cut so that on-device framing with ``center=False``
+equals librosa's ``center=True`` STFT of the whole utterance (see ``audio_frame_windows``).
+
+Determinism and multi-host: every pipeline is one global, index-addressed MapDataset
+(shuffle, repeat and per-element randomness keyed by the global element index and the
+config seed). Each process takes its own contiguous block of every global batch, so the
+global batch assembled across processes is identical, row for row, to a single-process run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from avrep.audio import pad_for_center
+
+
+class DataError(ValueError):
+    """A record or dataset that does not have the expected content."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioFraming:
+    """How waveforms become spectrogram frames (must match the model's audio front end)."""
+    n_fft: int = 1024
+    hop: int = 533
+    pad_mode: str = "constant"
+
+
+class CheckedSource:
+    """A random-access source whose read errors name the dataset, split and record."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None):
+        self.description = f"{name}[{split}] in {data_dir or 'the TFDS default data_dir'}"
+        try:
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        except Exception as e:  # TFDS raises several types for a missing/incomplete dataset.
+            raise DataError(f"cannot open dataset {self.description}: {e}") from e
+        if len(self._source) == 0:
+            raise DataError(f"dataset {self.description} is empty: expected at least one record")
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self._source[index]
+        except Exception as e:
+            raise DataError(f"{self.description}: record {index} cannot be decoded ({type(e).__name__}: {e})") from e
+
+
+def open_source(name: str, split: str, data_dir: str | None) -> CheckedSource:
+    return CheckedSource(name, split, data_dir)
+
+
+def decode_utterance(record: Mapping[str, Any], hop: int, where: str) -> dict:
+    """Validates a record; returns the peak-normalised waveform, the video and the aligned frame count."""
+    audio = np.asarray(record.get("audio", ()))
+    video = np.asarray(record.get("video", ()))
+    if audio.ndim != 1 or audio.size == 0:
+        raise DataError(f"{where}: field 'audio' must be a non-empty 1-D waveform, got shape {audio.shape}")
+    if video.ndim != 4 or video.shape[0] == 0 or video.shape[-1] != 3:
+        raise DataError(f"{where}: field 'video' must be [frames, H, W, 3] with frames > 0, got shape {video.shape}")
+    wav = audio.astype(np.float32) / 32768.0
+    peak = np.max(np.abs(wav))
+    if not np.isfinite(peak) or peak == 0.0:
+        raise DataError(f"{where}: field 'audio' is silent or non-finite (peak {peak})")
+    audio_frames = 1 + audio.size // hop  # librosa's center=True frame count
+    return {"wav": wav / peak,  # peak normalisation, as the papers' code does
+            "video": video, "num_frames": min(audio_frames, video.shape[0])}
+
+
+def audio_frame_windows(padded_wav: np.ndarray, starts: np.ndarray, length: int, hop: int) -> np.ndarray:
+    """Waveform windows [len(starts), length] beginning at frame indices ``starts``."""
+    offsets = starts[:, None] * hop + np.arange(length)[None, :]
+    return padded_wav[offsets]
+
+
+class _RandomFrames(grain.transforms.RandomMap):
+    """K random single frames of one utterance (tokenizer training)."""
+
+    def __init__(self, frames_per_example: int, framing: AudioFraming, modalities: Sequence[str], where: str):
+        self.k, self.framing, self.modalities, self.where = frames_per_example, framing, tuple(modalities), where
+
+    def random_map(self, record, rng: np.random.Generator):
+        utt = decode_utterance(record, self.framing.hop, self.where)
+        starts = rng.integers(0, utt["num_frames"], size=self.k)
+        out = {}
+        if "audio" in self.modalities:  # [K, n_fft]: each row frames to exactly one STFT frame.
+            padded = pad_for_center(utt["wav"], self.framing.n_fft, self.framing.pad_mode)
+            out["audio"] = audio_frame_windows(padded, starts, self.framing.n_fft, self.framing.hop)
+        if "video" in self.modalities:
+            out["video"] = utt["video"][starts]
+        return out
+
+
+class _RandomWindow(grain.transforms.RandomMap):
+    """One aligned window of T consecutive audio and video frames (sequence models)."""
+
+    def __init__(self, num_frames: int, framing: AudioFraming, modalities: Sequence[str], where: str):
+        self.t, self.framing, self.modalities, self.where = num_frames, framing, tuple(modalities), where
+
+    def random_map(self, record, rng: np.random.Generator):
+        utt = decode_utterance(record, self.framing.hop, self.where)
+        if utt["num_frames"] < self.t:
+            raise DataError(f"{self.where}: utterance {record.get('utterance_id', '?')!r} has "
+                            f"{utt['num_frames']} frames, fewer than the window of {self.t}")
+        t0 = int(rng.integers(0, utt["num_frames"] - self.t + 1))
+        out = {}
+        if "audio" in self.modalities:  # (T-1)*hop + n_fft samples: frames to exactly T STFT frames.
+            length = (self.t - 1) * self.framing.hop + self.framing.n_fft
+            padded = pad_for_center(utt["wav"], self.framing.n_fft, self.framing.pad_mode)
+            out["audio"] = padded[t0 * self.framing.hop: t0 * self.framing.hop + length]
+        if "video" in self.modalities:
+            out["video"] = utt["video"][t0:t0 + self.t]
+        return out
+
+
+class _ProcessBlocks(grain.MapDataset):
+    """Process ``index`` of ``count`` keeps rows [index*block, (index+1)*block) of every global batch."""
+
+    def __init__(self, parent: grain.MapDataset, block: int, index: int, count: int):
+        super().__init__(parent)
+        self._block, self._index, self._count = block, index, count
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.slice(i)
+        global_index = (i // self._block) * self._block * self._count + self._index * self._block + i % self._block
+        return self._parent[global_index]
+
+    def __str__(self) -> str:
+        return f"ProcessBlocks(block={self._block}, index={self._index}, count={self._count})"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+    """What a task needs from the data: random frames (tokenizers) or windows (sequence models)."""
+    kind: str                        # "frames" | "windows"
+    examples_per_batch: int          # global number of utterance crops per batch
+    frames_per_example: int          # K random frames, or the window length T
+    modalities: tuple[str, ...] = ("audio", "video")
+
+
+def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioFraming, *, seed: int,
+                      process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+    """Infinite, shuffled, checkpointable iterator of this process's part of each global batch."""
+    if spec.kind == "frames":
+        transform = _RandomFrames(spec.frames_per_example, framing, spec.modalities, source.description)
+    elif spec.kind == "windows":
+        transform = _RandomWindow(spec.frames_per_example, framing, spec.modalities, source.description)
+    else:
+        raise ValueError(f"pipeline kind must be 'frames' or 'windows', got {spec.kind!r}")
+    if spec.examples_per_batch % process_count:
+        raise ValueError(f"examples_per_batch={spec.examples_per_batch} is not divisible by the "
+                         f"{process_count} processes")
+    local = spec.examples_per_batch // process_count
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None).random_map(transform)
+    ds = _ProcessBlocks(ds, local, process_index, process_count)
+    return ds.batch(local, drop_remainder=True).to_iter_dataset().__iter__()
+
+
+def iterate_records(source: CheckedSource, limit: int | None = None) -> Iterator[tuple[int, dict]]:
+    """Records of an evaluation split, in order."""
+    n = len(source) if limit is None else min(limit, len(source))
+    for i in range(n):
+        yield i, source[i]
+
+
+__all__ = ["AudioFraming", "CheckedSource", "DataError", "PipelineSpec", "audio_frame_windows",
+           "decode_utterance", "iterate_records", "open_source", "training_iterator"]

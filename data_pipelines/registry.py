@@ -1,0 +1,27 @@
+"""Dataset preparation by name: SynthAV is generated on demand; other corpora must be built first."""
+from __future__ import annotations
+
+import os
+
+
+def is_prepared(name: str, data_dir: str) -> bool:
+    """True when ``data_dir/<name>/<version>/dataset_info.json`` exists (TFDS layout)."""
+    root = os.path.join(data_dir, *name.split("/"))
+    return os.path.isdir(root) and any(
+        os.path.isfile(os.path.join(root, v, "dataset_info.json")) for v in os.listdir(root))
+
+
+def prepare(name: str, data_dir: str) -> None:
+    """Makes sure dataset ``name`` (e.g. 'synthav/mdvae') is ready in ``data_dir``."""
+    if is_prepared(name, data_dir):
+        return
+    builder, _, config = name.partition("/")
+    if builder == "synthav":
+        from data_pipelines.synthav.builder import build
+        print(f"[avrep] generating {name} into {data_dir} ...", flush=True)
+        build(config or "mdvae", data_dir)
+        return
+    raise FileNotFoundError(
+        f"dataset {name!r} is not prepared in data_dir {data_dir!r} (expected "
+        f"{os.path.join(data_dir, *name.split('/'))}/<version>/dataset_info.json); build it first with "
+        f"its TFDS builder (see README, 'Training on real corpora')")

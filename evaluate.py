@@ -1,0 +1,22 @@
+"""Evaluates trained runs and writes metric tables and figures into <workdir>/eval/.
+
+  python evaluate.py --workdir W          # every run under W (e.g. the default pipeline's stages)
+  python evaluate.py --workdir W/vqvae_audio --limit 20
+"""
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run directory, or a directory of runs.", required=True)
+_LIMIT = flags.DEFINE_integer("limit", None, "Evaluate at most this many test utterances per run.")
+_GL_ITERS = flags.DEFINE_integer("griffin_lim_iters", 32, "Griffin-Lim iterations (librosa's default is 32).")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.ERROR)  # Orbax logs every file operation (and read-only opens)
+    from avrep.evaluation.runner import evaluate_workdir
+
+    evaluate_workdir(_WORKDIR.value, limit=_LIMIT.value, griffin_lim_iters=_GL_ITERS.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

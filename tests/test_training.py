@@ -1,0 +1,143 @@
+"""Training infrastructure: sharded == single-device step, kill-and-resume, multi-process, errors."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from avrep import load_checkpoint
+from avrep.training import loop, mesh as mesh_lib
+from avrep.training.optimizer import make_optimizer
+from avrep.training.tasks import build_task
+from configs import vqvae_audio, vqvae_visual
+from conftest import REPO, run_python
+from data_pipelines import pipelines
+
+
+def _smoke(module, data_dir, **train):
+    config = module.get_config("smoke")
+    config.data.data_dir = data_dir
+    config.train.update(train)
+    return config
+
+
+@pytest.mark.parametrize("module", [vqvae_audio, vqvae_visual])
+def test_step_on_8_devices_matches_1_device(smoke_data_dir, module):
+    config = _smoke(module, smoke_data_dir)
+    task = build_task(config)
+    source = pipelines.open_source(config.data.name, "train", smoke_data_dir)
+    batches = [next(it) for it in [pipelines.training_iterator(source, task.pipeline, task.framing, seed=0)]
+               for _ in range(3)]
+    tx, schedule = make_optimizer(config.optimizer, 10)
+    results = []
+    for devices in (1, 8):
+        mesh = mesh_lib.make_mesh({"data": -1, "num_devices": devices})
+        state = loop.create_state(task, tx, mesh, jax.random.key(0))
+        step = loop.compile_train_step(task, tx, schedule, mesh, state)
+        losses = []
+        for batch in batches:
+            state, metrics = step(state, mesh_lib.global_batch(batch, mesh), jax.random.key(1))
+            losses.append(float(metrics["loss"]))
+        assert len(state["params"]) and mesh.size == devices
+        results.append((losses, jax.device_get(state)))
+    (losses1, state1), (losses8, state8) = results
+    np.testing.assert_allclose(losses8, losses1, rtol=2e-5)
+    assert losses1[0] != losses1[-1]  # the steps really changed the model
+    for a, b in zip(jax.tree.leaves(state1), jax.tree.leaves(state8)):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
+
+
+def _train_cmd(workdir, data_dir, steps, *extra):
+    return ["train.py", "--config", "configs/vqvae_audio.py:smoke", "--workdir", str(workdir),
+            f"--config.data.data_dir={data_dir}", f"--config.train.num_steps={steps}",
+            "--config.train.checkpoint_every=4", "--config.train.log_batch_digest=True", *extra]
+
+
+def _digests(workdir, process=0):
+    with open(os.path.join(workdir, f"batches.process{process}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_killed_run_resumes_bitwise_identically(smoke_data_dir, tmp_path):
+    steps = 16
+    run_python(_train_cmd(tmp_path / "straight", smoke_data_dir, steps))
+    killed = run_python(_train_cmd(tmp_path / "killed", smoke_data_dir, steps,
+                                   "--config.train.simulate_preemption_at_step=10"), check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "killed").step in (4, 8)  # died mid-run: no final checkpoint
+    run_python(_train_cmd(tmp_path / "killed", smoke_data_dir, steps))
+
+    straight, resumed = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "killed")
+    assert straight.step == resumed.step == steps
+    for a, b in zip(jax.tree.leaves(straight.variables), jax.tree.leaves(resumed.variables)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    expected = {d["step"]: d["digest"] for d in _digests(tmp_path / "straight")}
+    seen = _digests(tmp_path / "killed")
+    assert len(seen) > steps  # steps after the last checkpoint ran twice
+    assert {d["step"] for d in seen} == set(expected)
+    for d in seen:
+        assert d["digest"] == expected[d["step"]], f"batch of step {d['step']} differs after resume"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(smoke_data_dir, tmp_path):
+    steps = 6
+    run_python(_train_cmd(tmp_path / "single", smoke_data_dir, steps), devices=2)
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": REPO}
+    procs = [subprocess.Popen([sys.executable, *_train_cmd(tmp_path / "multi", smoke_data_dir, steps,
+                                                           f"--coordinator_address=127.0.0.1:{port}",
+                                                           "--num_processes=2", f"--process_id={i}")],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outputs)
+
+    single, multi = load_checkpoint(tmp_path / "single"), load_checkpoint(tmp_path / "multi")
+    assert multi.step == steps
+    for a, b in zip(jax.tree.leaves(single.variables), jax.tree.leaves(multi.variables)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    # Each process read its own half of every global batch.
+    d0, d1 = _digests(tmp_path / "multi", 0), _digests(tmp_path / "multi", 1)
+    assert len(d0) == len(d1) == steps and all(a["digest"] != b["digest"] for a, b in zip(d0, d1))
+
+
+def test_load_checkpoint_gives_a_ready_model(smoke_data_dir, tmp_path):
+    loop.train(_smoke(vqvae_audio, smoke_data_dir, num_steps=2, checkpoint_every=2), str(tmp_path))
+    model = load_checkpoint(tmp_path)
+    assert model.step == 2 and set(model.variables) >= {"params", "vq_ema"}
+    x = np.abs(np.random.default_rng(0).normal(size=(5, 513))).astype(np.float32) + 1e-3
+    out = model.apply_fn(model.variables, x)
+    assert out["recon"].shape == (5, 513) and out["indices"].shape == (5, 64)
+    z_e = model.module.apply(model.variables, x, method="encode")
+    assert z_e.shape == (5, 64, 8)
+
+
+def test_missing_checkpoint_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        load_checkpoint(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("task", "vqgan", "config key task must be one of"),
+    ("model.modality", "smell", "config key model.modality must be 'audio' or 'visual'"),
+    ("optimizer.schedule", "linear", "config key optimizer.schedule"),
+    ("mesh.num_devices", 99, "config key mesh.num_devices=99"),
+])
+def test_bad_config_values_are_named(smoke_data_dir, tmp_path, key, value, message):
+    config = _smoke(vqvae_audio, smoke_data_dir)
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+    with pytest.raises(ValueError, match=message):
+        loop.train(config, str(tmp_path))
