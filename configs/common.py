@@ -35,3 +35,18 @@ def base_config(setting: str, smoke: bool) -> ml_collections.ConfigDict:
                                              max_checkpoints_to_keep=2, log_batch_digest=False,
                                              simulate_preemption_at_step=-1))
     return c
+
+
+def frame_training(c: ml_collections.ConfigDict, *, examples_per_batch: int, frames_per_example: int,
+                   learning_rate: float, num_steps: int, smoke: bool, smoke_frames: int) -> None:
+    """Batch, Adam with warm-up and cosine decay, and schedule of a frame-wise (tokenizer) run."""
+    c.data.examples_per_batch = examples_per_batch
+    c.data.frames_per_example = frames_per_example
+    c.optimizer = ml_collections.ConfigDict(dict(name="adam", learning_rate=learning_rate, schedule="cosine",
+                                                 warmup_steps=50, final_fraction=0.05))
+    c.train.num_steps = num_steps
+    c.train.checkpoint_every = max(num_steps // 4, 1)
+    if smoke:
+        c.data.examples_per_batch, c.data.frames_per_example = 8, smoke_frames
+        c.optimizer.warmup_steps = 2
+        c.train.update(num_steps=12, log_every=4, checkpoint_every=6)

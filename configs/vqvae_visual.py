@@ -7,7 +7,7 @@
 # Variants: "vqmae" (96x96x3 -> 24x24x4, 512 codes: spec vqmae.md §1.3), "smoke" (CPU seconds).
 import ml_collections
 
-from configs.common import base_config, parse_variants
+from configs.common import base_config, frame_training, parse_variants
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,16 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:
         model = dict(num_downsamples=3, num_codes=512, code_dim=32, hidden=128, residual_hidden=32)
     c.model = ml_collections.ConfigDict(dict(modality="visual", arch="code", commitment_cost=0.25, decay=0.99,
-                                             recon_loss="mse", **model))
-    # 16 utterances x 8 random frames = batch of 128 images.
-    c.data.examples_per_batch = 16
-    c.data.frames_per_example = 8
-    c.optimizer = ml_collections.ConfigDict(dict(name="adam", learning_rate=1e-3, schedule="cosine",
-                                                 warmup_steps=50, final_fraction=0.05))
-    c.train.num_steps = 1000
-    c.train.checkpoint_every = 250
-    if smoke:
-        c.data.examples_per_batch, c.data.frames_per_example = 8, 2
-        c.optimizer.warmup_steps = 2
-        c.train.update(num_steps=12, log_every=4, checkpoint_every=6)
+                                             restart_dead_codes=True, recon_loss="mse", **model))
+    # 8 utterances x 8 random frames = 64 images: on CPU, more small steps beat fewer large ones.
+    frame_training(c, examples_per_batch=8, frames_per_example=8, learning_rate=2e-3, num_steps=1500,
+                   smoke=smoke, smoke_frames=2)
     return c

@@ -87,7 +87,8 @@ def audio_resynthesis(model, source, *, limit: int | None = None, griffin_lim_it
             if example is None:
                 frames = 1 + wavs[chunk[0]].size // hop
                 example = {"power": power[0, :frames], "recon": recon[0, :frames]}
-    return {"conditions": {c: summarize_rows(v, AUDIO_METRICS) for c, v in per_condition.items()},
+    order = sorted(per_condition, key=lambda c: (c.startswith("reference"), c.startswith("Griffin")))
+    return {"conditions": {c: summarize_rows(per_condition[c], AUDIO_METRICS) for c in order},
             "example": example}
 
 

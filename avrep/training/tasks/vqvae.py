@@ -59,7 +59,7 @@ class VQVAETask(Task):
     def loss(self, params, model_state, batch, rng):
         x = self.features(batch)
         out, new_state = self._module.apply({"params": params, **model_state}, x, train=True,
-                                            mutable=list(model_state))
+                                            mutable=list(model_state), rngs={"vq": rng})
         if self.recon_loss == "itakura_saito":
             recon = itakura_saito_from_log(x, out["log_recon"])
         else:
