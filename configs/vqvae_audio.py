@@ -24,6 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         restart_dead_codes=True, recon_loss="itakura_saito"))
     # 8 utterances x 32 random frames = 256 frames: on CPU, more small steps beat fewer large ones
     # (the authors used 1024; benchmarks/run.py measures that batch).
-    frame_training(c, examples_per_batch=8, frames_per_example=32, learning_rate=1e-3, num_steps=3000,
+    frame_training(c, examples_per_batch=8, frames_per_example=32, learning_rate=1e-3, num_steps=2000,
                    smoke=smoke, smoke_frames=4)
     return c

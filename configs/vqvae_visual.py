@@ -24,6 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(modality="visual", arch="code", commitment_cost=0.25, decay=0.99,
                                              restart_dead_codes=True, recon_loss="mse", **model))
     # 8 utterances x 8 random frames = 64 images: on CPU, more small steps beat fewer large ones.
-    frame_training(c, examples_per_batch=8, frames_per_example=8, learning_rate=2e-3, num_steps=1500,
+    frame_training(c, examples_per_batch=8, frames_per_example=8, learning_rate=2e-3, num_steps=900,
                    smoke=smoke, smoke_frames=2)
     return c

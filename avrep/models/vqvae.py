@@ -159,7 +159,15 @@ def _batch_norm(x, train):
 
 
 class _VQVAE(nn.Module):
-  """Shared encode / quantise / decode API; subclasses define the layers."""
+  """Shared fields and encode / quantise / decode API; subclasses define the
+  layers and the sizes (num_codes, code_dim, hidden, ...)."""
+
+  arch: str = "code"
+  commitment_cost: float = 0.25
+  decay: float = 0.99
+  epsilon: float = 1e-5
+  restart_dead_codes: bool = False
+  impl: str = "fast"
 
   def __post_init__(self):
     # Validate at construction, so a bad config fails before init/apply.
@@ -172,6 +180,11 @@ class _VQVAE(nn.Module):
 
   def _choices(self):
     return {"arch": ARCHS, "impl": layers.IMPLS}
+
+  def _quantizer(self):
+    return VectorQuantizerEMA(self.num_codes, self.code_dim, self.decay,
+                              self.epsilon, self.commitment_cost,
+                              self.restart_dead_codes)
 
   def encode(self, x, train: bool = False):
     """Pre-quantisation latents ``z_e`` (what MDVAE consumes)."""
@@ -204,12 +217,6 @@ class VisualVQVAE(_VQVAE):
   num_residual_layers: int = 2
   num_downsamples: int = 3
   out_channels: int = 3
-  arch: str = "code"
-  commitment_cost: float = 0.25
-  decay: float = 0.99
-  epsilon: float = 1e-5
-  restart_dead_codes: bool = False
-  impl: str = "fast"
 
   def setup(self):
     h, n = self.hidden, self.num_downsamples
@@ -221,9 +228,7 @@ class VisualVQVAE(_VQVAE):
         downsample=tuple(_Layer(h // 2 if i == 0 else h, 4, 1)
                          for i in range(n)),
         extra_conv=self.arch == "code", code_dim=self.code_dim, **common)
-    self.vq = VectorQuantizerEMA(self.num_codes, self.code_dim, self.decay,
-                                 self.epsilon, self.commitment_cost,
-                                 self.restart_dead_codes)
+    self.vq = self._quantizer()
     self.decoder = _Decoder(
         hidden=h,
         upsample=tuple(_Layer(h // 2, 4, 1) for _ in range(n - 1))
@@ -246,14 +251,8 @@ class AudioVQVAE(_VQVAE):
   hidden: int = 32
   residual_hidden: int = 16
   num_residual_layers: int = 1
-  arch: str = "code"
   batch_norm: bool = False
   input_transform: str = "none"
-  commitment_cost: float = 0.25
-  decay: float = 0.99
-  epsilon: float = 1e-5
-  restart_dead_codes: bool = False
-  impl: str = "fast"
 
   def _choices(self):
     return {**super()._choices(), "input_transform": INPUT_TRANSFORMS}
@@ -267,9 +266,7 @@ class AudioVQVAE(_VQVAE):
     self.encoder = _Encoder(
         downsample=(_Layer(h // 2, 4, 1), _Layer(h, 4, 1), _Layer(h, 3, 1)),
         extra_conv=False, code_dim=self.code_dim, **common)
-    self.vq = VectorQuantizerEMA(self.num_codes, self.code_dim, self.decay,
-                                 self.epsilon, self.commitment_cost,
-                                 self.restart_dead_codes)
+    self.vq = self._quantizer()
     self.decoder = _Decoder(
         hidden=h,
         upsample=(_Layer(h, 4, 1), _Layer(h // 2, 4, 1), _Layer(1, 3, 0)),

@@ -26,7 +26,8 @@ function is computed differs, selected by ``impl``:
   - transposed conv -> one stride-1 conv per output phase (the s^d
     sub-grids of the output), each with the taps of the kernel that reach that
     phase, interleaved afterwards; no multiplications by the zeros of the
-    dilated input;
+    dilated input. Its custom gradient is the adjoint strided conv (via
+    space-to-depth) for the input and one matmul for the kernel;
   - each stride-1 conv (``_conv_s1``) pads its output up to its input size
     (XLA's CPU convolution is ~2× slower when the output is smaller than the
     input) and has a custom gradient: the input gradient is the usual full
@@ -176,8 +177,17 @@ def conv_transpose(x, kernel, stride: int, padding: int, impl: str = "fast"):
     return _conv_s1(x, kernel, ((lo, lo),) * ndim)
   if k < s:
     raise ValueError(f"impl='fast' needs kernel_size >= stride, got {k} < {s}")
+  return _conv_transpose_phases(x, kernel, s, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_transpose_phases(x, kernel, s, padding):
+  """Strided transposed conv as one stride-1 conv per output phase."""
   # Output s*m + r sums x[m + d] K[s*d + lo - r] over the d giving a valid
   # tap: phase r is a stride-1 conv of x with the taps j = lo - r (mod s).
+  ndim = kernel.ndim - 2
+  k = kernel.shape[0]
+  lo = k - 1 - padding
   sizes = x.shape[1:-1]
   outs = [s * (n - 1) + k - 2 * padding for n in sizes]
   blocks = [-(-o // s) for o in outs]
@@ -189,13 +199,42 @@ def conv_transpose(x, kernel, stride: int, padding: int, impl: str = "fast"):
       d = (ri + np.arange(f, k, s) - lo) // s  # offsets of the taps, in order
       pads.append((int(-d[0]), int(nb + d[-1] - n)))
     taps = kernel[tuple(slice(f, None, s) for f in first)]
-    phases.append(_conv_s1(x, taps, tuple(pads)))
+    phases.append(_lax_conv_s1(x, taps, pads))
   # Interleave: [B, *blocks, (r...), O] -> [B, *(blocks*s), O].
   b, o = x.shape[0], kernel.shape[-1]
   y = jnp.stack(phases, axis=-2).reshape(b, *blocks, *([s] * ndim), o)
   perm = [0] + [v for i in range(ndim) for v in (1 + i, 1 + ndim + i)]
   y = y.transpose(perm + [1 + 2 * ndim])
   return _crop(y.reshape(b, *[nb * s for nb in blocks], o), outs)
+
+
+def _conv_transpose_phases_fwd(x, kernel, s, padding):
+  return _conv_transpose_phases(x, kernel, s, padding), (x, kernel)
+
+
+def _conv_transpose_phases_bwd(s, padding, res, dy):
+  x, kernel = res
+  ndim = kernel.ndim - 2
+  ks = kernel.shape[:ndim]
+  c, o = kernel.shape[-2:]
+  # The input gradient is the strided conv with the flipped kernel (the
+  # adjoint), run through the space-to-depth path: one exact conv.
+  flipped = jnp.flip(kernel, tuple(range(ndim))).swapaxes(-1, -2)
+  dx = conv(dy, flipped, s, padding, "fast")
+  # dW[j] = sum_i x[i] dy[s*i + lo - j] = x^T @ dypad[s*i + k-1-j]: one
+  # matmul against the k^d strided views of dy in x's frame (k^d*O values
+  # per position; the x side would need k^d*C, and O <= C in these models).
+  dy = _shifted(dy, [(padding, padding)] * ndim)
+  views = [dy[(slice(None),) + tuple(
+      slice(k - 1 - j, k + s * (n - 1) - j, s)
+      for j, k, n in zip(t, ks, x.shape[1:-1]))] for t in np.ndindex(*ks)]
+  d = jnp.concatenate(views, axis=-1)
+  dw = x.reshape(-1, c).T @ d.reshape(-1, len(views) * o)
+  return dx, jnp.moveaxis(dw.reshape(c, *ks, o), 0, -2)
+
+
+_conv_transpose_phases.defvjp(_conv_transpose_phases_fwd,
+                              _conv_transpose_phases_bwd)
 
 
 class _ConvBase(nn.Module):
