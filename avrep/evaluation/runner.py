@@ -71,10 +71,11 @@ EVALUATORS: dict[str, Callable] = {"vqvae": _evaluate_vqvae}
 
 def evaluate_workdir(workdir: str, *, limit: int | None = None, griffin_lim_iters: int = 32,
                      log: Callable[[str], None] = print) -> dict[str, tuple[str, str]]:
+    runs = discover_runs(workdir)  # before creating eval/, so a mistyped --workdir is not created
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     rows: dict[str, list[dict]] = {}
-    for run_dir in discover_runs(workdir):
+    for run_dir in runs:
         model = load_checkpoint(run_dir)
         evaluator = EVALUATORS.get(model.config.get("task"))
         if evaluator is None:

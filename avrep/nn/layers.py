@@ -15,7 +15,8 @@ flip(moveaxis(w, (0, 1), (-2, -1)), spatial axes)``, a Conv weight
 function is computed differs, selected by ``impl``:
 
 * ``"xla"``: ``lax.conv_general_dilated`` / ``lax.conv_transpose``, as flax.
-* ``"fast"`` (default): measured 2-4× faster training steps on CPU
+* ``"fast"`` (default): training steps of the MDVAE VQ-VAEs measured ~5×
+  (audio) and ~12× (visual) faster on a 2-core CPU than with ``"xla"``
   (benchmarks/scratch_vqvae_perf.py). Every layer becomes stride-1
   convolutions, because XLA's CPU backend is slow on strided and input-dilated
   convolutions and on their gradients:
