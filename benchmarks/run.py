@@ -93,7 +93,7 @@ def bench_input_pipeline(name, config, data_dir, unit_per_example, batches):
     n = task.pipeline.examples_per_batch * unit_per_example
     return {"name": name, "throughput": round(n * batches / elapsed, 1), "unit": config.bench_unit, "batch": n,
             "params": 0, "dataset": config.data.name, "peak_memory_mb": round(_peak_memory_mb(), 1),
-            "device": f"host ({os.cpu_count()} cores, 1 reader thread)"}
+            "device": f"host ({os.cpu_count()} cores, Grain default read threads)"}
 
 
 def _audio_config():

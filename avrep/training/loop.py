@@ -54,7 +54,7 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule):
         (loss, (metrics, model_state)), grads = grad_fn(state["params"], state["model_state"], batch, step_rng)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                        learning_rate=schedule(state["step"]))
         new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state,
                      "opt_state": opt_state}
