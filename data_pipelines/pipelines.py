@@ -13,7 +13,7 @@ global batch assembled across processes is identical, row for row, to a single-p
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import grain
 import numpy as np
@@ -170,12 +170,5 @@ def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioF
     return ds.batch(local, drop_remainder=True).to_iter_dataset().__iter__()
 
 
-def iterate_records(source: CheckedSource, limit: int | None = None) -> Iterator[tuple[int, dict]]:
-    """Records of an evaluation split, in order."""
-    n = len(source) if limit is None else min(limit, len(source))
-    for i in range(n):
-        yield i, source[i]
-
-
 __all__ = ["AudioFraming", "CheckedSource", "DataError", "PipelineSpec", "audio_frame_windows",
-           "decode_utterance", "iterate_records", "open_source", "training_iterator"]
+           "decode_utterance", "open_source", "training_iterator"]

@@ -6,19 +6,16 @@ import math
 import os
 from typing import Mapping, Sequence
 
-import numpy as np
+from avrep.evaluation.metrics import summarize
 
 
 def summarize_rows(per_item: Sequence[Mapping[str, float]], metrics: Sequence[str]) -> dict[str, float]:
     """Mean and std over items for each metric; non-finite values are counted, never averaged silently."""
     out: dict[str, float] = {"n": len(per_item)}
     for m in metrics:
-        values = np.asarray([item[m] for item in per_item], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        out[m] = float(finite.mean()) if finite.size else math.nan
-        out[f"{m}_std"] = float(finite.std()) if finite.size else math.nan
-        if finite.size != values.size:
-            out[f"{m}_nonfinite"] = int(values.size - finite.size)
+        out[m], out[f"{m}_std"], bad = summarize([item[m] for item in per_item])
+        if bad:
+            out[f"{m}_nonfinite"] = bad
     return out
 
 

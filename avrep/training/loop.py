@@ -63,13 +63,18 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule):
     return train_step
 
 
+def _train_state(step: int, variables: dict, opt_state, mesh) -> dict:
+    """The step's state: ``params`` trained by the optimizer, other collections as ``model_state``."""
+    return {"step": jax.device_put(jnp.asarray(step, jnp.int32), mesh_lib.replicated(mesh)),
+            "params": variables["params"],
+            "model_state": {k: v for k, v in variables.items() if k != "params"}, "opt_state": opt_state}
+
+
 def create_state(task, tx: optax.GradientTransformation, mesh, rng: jax.Array) -> dict:
     """Freshly initialised train state, replicated over ``mesh``."""
     replicated = mesh_lib.replicated(mesh)
     variables = jax.jit(task.init_variables, out_shardings=replicated)(rng, task.dummy_batch())
-    return {"step": jax.device_put(jnp.asarray(0, jnp.int32), replicated), "params": variables["params"],
-            "model_state": {k: v for k, v in variables.items() if k != "params"},
-            "opt_state": jax.jit(tx.init, out_shardings=replicated)(variables["params"])}
+    return _train_state(0, variables, jax.jit(tx.init, out_shardings=replicated)(variables["params"]), mesh)
 
 
 def compile_train_step(task, tx, schedule, mesh, state):
@@ -118,9 +123,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         variables = {"params": state["params"], **state["model_state"]}
         variables, opt_state = checkpointer.restore(start, _abstract(variables), _abstract(state["opt_state"]),
                                                     data_iter)
-        state = {"step": jax.device_put(jnp.asarray(start, jnp.int32), mesh_lib.replicated(mesh)),
-                 "params": variables["params"], "model_state": {k: v for k, v in variables.items() if k != "params"},
-                 "opt_state": opt_state}
+        state = _train_state(start, variables, opt_state, mesh)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
