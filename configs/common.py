@@ -26,7 +26,9 @@ def base_config(setting: str, smoke: bool) -> ml_collections.ConfigDict:
     c.seed = 0
     c.data = ml_collections.ConfigDict(dict(
         name=s["dataset"] + ("_smoke" if smoke else ""), data_dir="", train_split="train",
-        eval_split="test", image_size=s["image_size"], fps=s["fps"]))
+        eval_split="test", image_size=s["image_size"], fps=s["fps"],
+        # Host memory for slim decoded training records (data_pipelines.pipelines._SlimCache); 0 = off.
+        cache_mb=2048))
     c.audio = ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=1024, hop=s["hop"], window="hann",
                                              pad_mode="constant"))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))

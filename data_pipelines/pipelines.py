@@ -13,6 +13,7 @@ global batch assembled across processes is identical, row for row, to a single-p
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Mapping, Sequence
 
 import grain
@@ -58,6 +59,43 @@ class CheckedSource:
 
 def open_source(name: str, split: str, data_dir: str | None) -> CheckedSource:
     return CheckedSource(name, split, data_dir)
+
+
+class _SlimCache:
+    """Keeps only the fields the training transforms read, and caches them up to ``max_bytes``.
+
+    A record decodes whole (the video too) even when a tokenizer needs only its audio: on
+    SynthAV that costs more host CPU than the audio VQ-VAE's train step. Tokenizer training
+    revisits every utterance many times, so the slim records are kept after the first read.
+    Transparent to determinism and to the checkpointed iterator state.
+    """
+
+    def __init__(self, source: CheckedSource, modalities: Sequence[str], max_bytes: int):
+        self._source, self._keep_video = source, "video" in modalities
+        self._max_bytes, self._bytes = max_bytes, 0
+        self._cache: dict[int, dict] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        slim = self._cache.get(index)
+        if slim is not None:
+            return slim
+        record = self._source[index]
+        video = np.asarray(record.get("video", ()))
+        if not self._keep_video and video.ndim == 4:
+            # Audio-only: keep the frame count (alignment) but not the pixels (a new array, not a view).
+            video = np.empty((video.shape[0], 0, 0, video.shape[3]), video.dtype)
+        slim = {"audio": np.asarray(record.get("audio", ())), "video": video,
+                "utterance_id": record.get("utterance_id", "?")}
+        size = sum(v.nbytes for v in slim.values() if isinstance(v, np.ndarray))
+        with self._lock:
+            if self._bytes + size <= self._max_bytes and index not in self._cache:
+                self._cache[index] = slim
+                self._bytes += size
+        return slim
 
 
 def decode_utterance(record: Mapping[str, Any], hop: int, where: str) -> dict:
@@ -153,8 +191,12 @@ class PipelineSpec:
 
 
 def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioFraming, *, seed: int,
-                      process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
-    """Infinite, shuffled, checkpointable iterator of this process's part of each global batch."""
+                      process_index: int = 0, process_count: int = 1,
+                      cache_mb: float = 0) -> grain.DatasetIterator:
+    """Infinite, shuffled, checkpointable iterator of this process's part of each global batch.
+
+    ``cache_mb`` > 0 keeps up to that many MB of slim decoded records in host memory (see _SlimCache).
+    """
     if spec.kind == "frames":
         transform = _RandomFrames(spec.frames_per_example, framing, spec.modalities, source.description)
     elif spec.kind == "windows":
@@ -165,6 +207,8 @@ def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioF
         raise ValueError(f"examples_per_batch={spec.examples_per_batch} is not divisible by the "
                          f"{process_count} processes")
     local = spec.examples_per_batch // process_count
+    if cache_mb > 0:
+        source = _SlimCache(source, spec.modalities, int(cache_mb * 2**20))
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None).random_map(transform)
     ds = _ProcessBlocks(ds, local, process_index, process_count)
     return ds.batch(local, drop_remainder=True).to_iter_dataset().__iter__()

@@ -79,6 +79,27 @@ def test_iterator_state_restores_the_same_batches(smoke_data_dir):
         np.testing.assert_array_equal(next(fresh)["audio"], e)
 
 
+@pytest.mark.parametrize("modalities", [("audio",), ("video",), ("audio", "video")])
+def test_slim_record_cache_changes_no_batch_and_holds_only_needed_fields(smoke_data_dir, modalities):
+    src = _source(smoke_data_dir)
+    spec = PipelineSpec(kind="frames", examples_per_batch=4, frames_per_example=3, modalities=modalities)
+    plain = pipelines.training_iterator(src, spec, AudioFraming(), seed=4)
+    cached = pipelines.training_iterator(src, spec, AudioFraming(), seed=4, cache_mb=64)
+    for _ in range(10):  # 40 crops of a 16-utterance split: most reads hit the cache
+        expected, got = next(plain), next(cached)
+        assert sorted(got) == sorted(expected) == sorted({"audio": "audio", "video": "video"}[m] for m in modalities)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key])
+    cache = pipelines._SlimCache(src, modalities, max_bytes=2**30)
+    slim, record = cache[0], src[0]
+    assert cache[0] is slim  # served from memory the second time
+    assert slim["video"].shape[0] == record["video"].shape[0]  # audio-only keeps the frame count ...
+    assert slim["video"].nbytes == (record["video"].nbytes if "video" in modalities else 0)  # ... not the pixels
+    tiny = pipelines._SlimCache(src, modalities, max_bytes=1000)
+    tiny[0]
+    assert not tiny._cache  # over budget: read, not kept
+
+
 @pytest.mark.parametrize("record, field", [
     ({"audio": np.zeros(0, np.int16), "video": np.zeros((3, 8, 8, 3), np.uint8)}, "audio"),
     ({"audio": np.ones(1000, np.int16), "video": np.zeros((0, 8, 8, 3), np.uint8)}, "video"),

@@ -141,3 +141,19 @@ def test_bad_config_values_are_named(smoke_data_dir, tmp_path, key, value, messa
     (config[section] if section else config)[field] = value
     with pytest.raises(ValueError, match=message):
         loop.train(config, str(tmp_path))
+
+
+def test_visual_augmentation_flips_and_scales_colours():
+    from avrep.training.tasks.vqvae import augment_images
+
+    x = np.random.default_rng(0).uniform(-0.4, 0.0, (32, 4, 5, 3)).astype(np.float32)  # no clipping
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(augment_images(x, key, False, 0.0), x)
+    flipped = np.asarray(augment_images(x, key, True, 0.0))
+    is_flip = [np.array_equal(f, o[:, ::-1]) for f, o in zip(flipped, x)]
+    is_same = [np.array_equal(f, o) for f, o in zip(flipped, x)]
+    assert all(a != b for a, b in zip(is_flip, is_same)) and 8 < sum(is_flip) < 24
+    gain = (np.asarray(augment_images(x, key, False, 0.2)) + 0.5) / (x + 0.5)
+    per_channel = gain.reshape(32, -1, 3)
+    np.testing.assert_allclose(per_channel, np.broadcast_to(per_channel[:, :1], per_channel.shape), rtol=1e-5)
+    assert 0.1 < np.log(per_channel[:, 0]).std() < 0.3

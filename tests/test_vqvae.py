@@ -210,7 +210,7 @@ def test_encode_quantize_decode_api():
      r"input_transform='db'.*'none', 'log'"),
     ({"modality": "audio", "impl": "gpu"}, r"impl='gpu'"),
     ({"modality": "video"}, r"modality='video'.*'audio', 'visual'"),
-    ({"modality": "visual", "batch_norm": True}, r"unknown key.*batch_norm"),
+    ({"modality": "visual", "input_transform": "log"}, r"unknown key.*input_transform"),
 ])
 def test_build_vqvae_errors(cfg, match):
   with pytest.raises(ValueError, match=match):

@@ -167,6 +167,7 @@ class _VQVAE(nn.Module):
   decay: float = 0.99
   epsilon: float = 1e-5
   restart_dead_codes: bool = False
+  batch_norm: bool = False
   impl: str = "fast"
 
   def __post_init__(self):
@@ -222,7 +223,7 @@ class VisualVQVAE(_VQVAE):
     h, n = self.hidden, self.num_downsamples
     common = dict(residual_hidden=self.residual_hidden,
                   num_residual_layers=self.num_residual_layers,
-                  arch=self.arch, act=nn.relu, batch_norm=False, ndim=2,
+                  arch=self.arch, act=nn.relu, batch_norm=self.batch_norm, ndim=2,
                   impl=self.impl)
     self.encoder = _Encoder(
         downsample=tuple(_Layer(h // 2 if i == 0 else h, 4, 1)
@@ -251,7 +252,6 @@ class AudioVQVAE(_VQVAE):
   hidden: int = 32
   residual_hidden: int = 16
   num_residual_layers: int = 1
-  batch_norm: bool = False
   input_transform: str = "none"
 
   def _choices(self):

@@ -51,7 +51,8 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule):
     def train_step(state, batch, rng):
         step_rng = jax.random.fold_in(rng, state["step"])
         grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-        (loss, (metrics, model_state)), grads = grad_fn(state["params"], state["model_state"], batch, step_rng)
+        (loss, (metrics, model_state)), grads = grad_fn(state["params"], state["model_state"], batch, step_rng,
+                                                         state["step"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
@@ -103,7 +104,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         multihost_utils.sync_global_devices("avrep:data_prepared")
     source = open_source(config.data.name, config.data.train_split, config.data.data_dir)
     data_iter = training_iterator(source, task.pipeline, task.framing, seed=int(config.seed),
-                                  process_index=jax.process_index(), process_count=jax.process_count())
+                                  process_index=jax.process_index(), process_count=jax.process_count(),
+                                  cache_mb=float(config.data.get("cache_mb", 0)))
 
     # ---------------------------------------------------------------- mesh and sharding
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -143,6 +145,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         step, metrics = pending
         values = jax.device_get(metrics)
         logger.write(step, values)
+        if not np.isfinite(values["loss"]):  # stop rather than train on (and checkpoint) a diverged state
+            raise FloatingPointError(f"{config.get('name', 'train')}: loss is {values['loss']} at step {step} "
+                                     f"(metrics {({k: float(v) for k, v in values.items()})}); check the inputs "
+                                     f"(NaN features?) and the learning rate")
         return values
 
     for step in range(start, num_steps):

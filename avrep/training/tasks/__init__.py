@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from avrep.training.tasks.base import Task
+from avrep.training.tasks.mdvae import MDVAETask
 from avrep.training.tasks.vqvae import VQVAETask
 
-TASKS: dict[str, type[Task]] = {"vqvae": VQVAETask}
+TASKS: dict[str, type[Task]] = {"vqvae": VQVAETask, "mdvae": MDVAETask}
 
 
 def build_task(config) -> Task:

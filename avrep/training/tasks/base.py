@@ -35,6 +35,12 @@ class Task(abc.ABC):
     def pipeline(self) -> PipelineSpec:
         """What the input pipeline must deliver."""
 
+    def _pipeline_from_config(self, kind: str, modalities: tuple[str, ...]) -> PipelineSpec:
+        """A ``PipelineSpec`` whose batch shape comes from the config's ``data`` block."""
+        d = self.config["data"]
+        return PipelineSpec(kind=kind, examples_per_batch=int(d["examples_per_batch"]),
+                            frames_per_example=int(d["frames_per_example"]), modalities=modalities)
+
     @property
     def framing(self) -> AudioFraming:
         a = self.config["audio"]
@@ -58,9 +64,9 @@ class Task(abc.ABC):
         """Initial variables (all collections) for a global batch."""
 
     @abc.abstractmethod
-    def loss(self, params: Any, model_state: Variables, batch: Any, rng: jax.Array
+    def loss(self, params: Any, model_state: Variables, batch: Any, rng: jax.Array, step: jax.Array
              ) -> tuple[jax.Array, tuple[Metrics, Variables]]:
-        """Training loss, its metrics and the updated non-trainable collections."""
+        """Training loss at optimizer step ``step``, its metrics and the updated non-trainable collections."""
 
     def apply_fn(self, variables: Variables, *args, **kwargs):
         """Inference entry point handed to users by ``avrep.load_checkpoint``."""
