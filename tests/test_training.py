@@ -157,3 +157,10 @@ def test_visual_augmentation_flips_and_scales_colours():
     per_channel = gain.reshape(32, -1, 3)
     np.testing.assert_allclose(per_channel, np.broadcast_to(per_channel[:, :1], per_channel.shape), rtol=1e-5)
     assert 0.1 < np.log(per_channel[:, 0]).std() < 0.3
+
+
+def test_diverged_loss_stops_the_run_naming_the_step(smoke_data_dir, tmp_path):
+    config = _smoke(vqvae_audio, smoke_data_dir, log_every=4)
+    config.optimizer.learning_rate = float("nan")  # the first update makes every parameter NaN
+    with pytest.raises(FloatingPointError, match=r"vqvae_audio: loss is nan at step 4"):
+        loop.train(config, str(tmp_path))
