@@ -66,6 +66,7 @@ def test_stage2_trains_on_frozen_tokenizer_features(smoke_data_dir, tokenizers, 
     ("tokenizers.audio", "", "tokenizers.audio is empty"),
     ("tokenizers.visual", "AUDIO", r"tokenizers.visual=.* is a vqvae/audio run; expected a visual VQ-VAE"),
     ("loss.normalization", "mean", "loss.normalization must be one of"),
+    ("model.dim_q", 3, r"mdvae config \(config key model\): unknown key\(s\) \['dim_q'\]"),
 ])
 def test_bad_stage2_config_is_named(smoke_data_dir, tokenizers, key, value, message):
     config = _config(smoke_data_dir, tokenizers)

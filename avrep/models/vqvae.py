@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from avrep.models.config import module_from_config
 from avrep.nn import layers
 from avrep.nn.quantizer import VectorQuantizerEMA
 
@@ -309,10 +310,4 @@ def build_vqvae(cfg: Mapping[str, Any]) -> _VQVAE:
   if modality not in MODALITIES:
     raise ValueError(f"vqvae config: modality={modality!r}: expected one of "
                      f"{tuple(MODALITIES)}")
-  cls = MODALITIES[modality]
-  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
-  unknown = sorted(set(cfg) - fields)
-  if unknown:
-    raise ValueError(f"vqvae config ({modality}): unknown key(s) {unknown}; "
-                     f"expected a subset of {sorted(fields)}")
-  return cls(**cfg)
+  return module_from_config(MODALITIES[modality], cfg, f"vqvae config ({modality})")

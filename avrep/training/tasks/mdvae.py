@@ -10,11 +10,10 @@ of the compiled step.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
+from avrep.models.config import module_from_config
 from avrep.models.mdvae import MDVAE, NORMALIZATIONS, mdvae_loss
 from avrep.training.tasks.base import Task
 from avrep.training.tasks.vqvae import audio_frames_to_power, video_to_model_range
@@ -29,13 +28,7 @@ def channel_major(z_e: jax.Array) -> jax.Array:
 class MDVAETask(Task):
     def __init__(self, config):
         super().__init__(config)
-        model_cfg = dict(config["model"])
-        fields = {f.name for f in dataclasses.fields(MDVAE)} - {"parent", "name"}
-        unknown = sorted(set(model_cfg) - fields)
-        if unknown:
-            raise ValueError(f"config key model: unknown MDVAE field(s) {unknown}; expected a subset of "
-                             f"{sorted(fields)}")
-        self._module = MDVAE(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_cfg.items()})
+        self._module = module_from_config(MDVAE, dict(config["model"]), "mdvae config (config key model)")
         loss_cfg = config["loss"]
         self.normalization = str(loss_cfg["normalization"])
         if self.normalization not in NORMALIZATIONS:
@@ -103,8 +96,8 @@ class MDVAETask(Task):
         terms = mdvae_loss(out, {"audio": x_audio, "visual": x_visual}, beta=beta,
                            normalization=self.normalization)
         loss = terms.pop("loss")
-        metrics = dict(terms, kl_weight=beta,
-                       features_finite=(jnp.all(jnp.isfinite(x_audio)) & jnp.all(jnp.isfinite(x_visual))).astype(jnp.float32))
+        finite = jnp.all(jnp.isfinite(x_audio)) & jnp.all(jnp.isfinite(x_visual))
+        metrics = dict(terms, kl_weight=beta, features_finite=finite.astype(jnp.float32))
         return loss, (metrics, dict(model_state))
 
     def apply_fn(self, variables, *args, **kwargs):
