@@ -89,12 +89,9 @@ class _Layer:
   padding: int  # PyTorch padding; every resampling layer has stride 2
 
 
-class _Encoder(nn.Module):
-  """Stride-2 convs, [extra 3×3 conv], residual stack, 1×1 to code_dim."""
+class _ConvNet(nn.Module):
+  """Fields shared by the encoder and the decoder (set together by each VQ-VAE)."""
 
-  downsample: tuple[_Layer, ...]
-  extra_conv: bool
-  code_dim: int
   residual_hidden: int
   num_residual_layers: int
   arch: str
@@ -102,6 +99,14 @@ class _Encoder(nn.Module):
   batch_norm: bool
   ndim: int
   impl: str
+
+
+class _Encoder(_ConvNet):
+  """Stride-2 convs, [extra 3×3 conv], residual stack, 1×1 to code_dim."""
+
+  downsample: tuple[_Layer, ...]
+  extra_conv: bool
+  code_dim: int
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -121,18 +126,11 @@ class _Encoder(nn.Module):
     return layers.Conv(self.code_dim, 1, ndim=self.ndim, impl=self.impl)(x)
 
 
-class _Decoder(nn.Module):
+class _Decoder(_ConvNet):
   """Input conv, residual stack, stride-2 transposed convs, linear output."""
 
   hidden: int
   upsample: tuple[_Layer, ...]
-  residual_hidden: int
-  num_residual_layers: int
-  arch: str
-  act: Callable[[jax.Array], jax.Array]
-  batch_norm: bool
-  ndim: int
-  impl: str
 
   @nn.compact
   def __call__(self, z, train: bool):
@@ -183,6 +181,12 @@ class _VQVAE(nn.Module):
   def _choices(self):
     return {"arch": ARCHS, "impl": layers.IMPLS}
 
+  def _net_fields(self, act, ndim):
+    """The ``_ConvNet`` fields shared by this model's encoder and decoder."""
+    return dict(residual_hidden=self.residual_hidden,
+                num_residual_layers=self.num_residual_layers, arch=self.arch,
+                act=act, batch_norm=self.batch_norm, ndim=ndim, impl=self.impl)
+
   def _quantizer(self):
     return VectorQuantizerEMA(self.num_codes, self.code_dim, self.decay,
                               self.epsilon, self.commitment_cost,
@@ -222,10 +226,7 @@ class VisualVQVAE(_VQVAE):
 
   def setup(self):
     h, n = self.hidden, self.num_downsamples
-    common = dict(residual_hidden=self.residual_hidden,
-                  num_residual_layers=self.num_residual_layers,
-                  arch=self.arch, act=nn.relu, batch_norm=self.batch_norm, ndim=2,
-                  impl=self.impl)
+    common = self._net_fields(act=nn.relu, ndim=2)
     self.encoder = _Encoder(
         downsample=tuple(_Layer(h // 2 if i == 0 else h, 4, 1)
                          for i in range(n)),
@@ -260,10 +261,7 @@ class AudioVQVAE(_VQVAE):
 
   def setup(self):
     h = self.hidden
-    common = dict(residual_hidden=self.residual_hidden,
-                  num_residual_layers=self.num_residual_layers,
-                  arch=self.arch, act=jnp.tanh, batch_norm=self.batch_norm,
-                  ndim=1, impl=self.impl)
+    common = self._net_fields(act=jnp.tanh, ndim=1)
     self.encoder = _Encoder(
         downsample=(_Layer(h // 2, 4, 1), _Layer(h, 4, 1), _Layer(h, 3, 1)),
         extra_conv=False, code_dim=self.code_dim, **common)
