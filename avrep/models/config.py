@@ -1,4 +1,4 @@
-"""Building a Linen module from a config block."""
+"""Building Linen modules from config blocks, and checking their field values."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,3 +17,10 @@ def module_from_config(cls: type, cfg: Mapping[str, Any], owner: str):
     if unknown:
         raise ValueError(f"{owner}: unknown key(s) {unknown}; expected a subset of {sorted(fields)}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+
+
+def check_choice(module, field: str, choices) -> None:
+    """ValueError naming ``Module.field`` unless its value is one of ``choices``."""
+    value = getattr(module, field)
+    if value not in choices:
+        raise ValueError(f"{type(module).__name__}.{field}={value!r}: expected one of {tuple(choices)}")

@@ -107,6 +107,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from avrep.models.config import check_choice
 from avrep.nn import gaussian
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
@@ -417,12 +418,6 @@ def _broadcast_time(w, time: int):
     return jnp.broadcast_to(w[:, None], (w.shape[0], time, w.shape[-1])) if w.ndim == 2 else w
 
 
-def _check_choice(module, field: str, choices):
-    value = getattr(module, field)
-    if value not in choices:
-        raise ValueError(f"{type(module).__name__}.{field}={value!r}: expected one of {tuple(choices)}")
-
-
 # ------------------------------------------------------------------- MDVAE ---
 
 
@@ -453,7 +448,7 @@ class MDVAE(nn.Module):
     zav_in_modal_posteriors: bool = True  # False: the table's B7 / B9 input sizes (spec §10.4)
 
     def __post_init__(self):
-        _check_choice(self, "activations", BLOCK_ACTIVATIONS)
+        check_choice(self, "activations", BLOCK_ACTIVATIONS)
         super().__post_init__()
 
     def setup(self):
@@ -660,7 +655,7 @@ class DSAE(nn.Module):
 
     def __post_init__(self):
         for field in ("feature_act", "prior_act", "posterior_act", "decoder_act"):
-            _check_choice(self, field, ACTIVATIONS)
+            check_choice(self, field, ACTIVATIONS)
         super().__post_init__()
 
     def setup(self):
@@ -731,7 +726,7 @@ class JointMVAE(nn.Module):
     decoder_output_activation: bool = False
 
     def __post_init__(self):
-        _check_choice(self, "encoder_act", ACTIVATIONS)
+        check_choice(self, "encoder_act", ACTIVATIONS)
         super().__post_init__()
 
     def setup(self):

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from avrep.models.config import module_from_config
+from avrep.models.config import check_choice, module_from_config
 from avrep.nn import layers
 from avrep.nn.quantizer import VectorQuantizerEMA
 
@@ -172,10 +172,7 @@ class _VQVAE(nn.Module):
   def __post_init__(self):
     # Validate at construction, so a bad config fails before init/apply.
     for field, choices in self._choices().items():
-      value = getattr(self, field)
-      if value not in choices:
-        raise ValueError(f"{type(self).__name__}.{field}={value!r}: expected "
-                         f"one of {choices}")
+      check_choice(self, field, choices)
     super().__post_init__()
 
   def _choices(self):
