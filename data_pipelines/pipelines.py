@@ -23,6 +23,9 @@ import tensorflow_datasets as tfds
 from avrep.audio import pad_for_center
 
 
+PREFETCH_BATCHES = 16
+
+
 class DataError(ValueError):
     """A record or dataset that does not have the expected content."""
 
@@ -161,6 +164,21 @@ class _RandomWindow(grain.transforms.RandomMap):
         return out
 
 
+class _RandomFeatureWindow(grain.transforms.RandomMap):
+    """One window of T consecutive frames of cached per-frame features (avrep.training.features)."""
+
+    def __init__(self, num_frames: int, where: str):
+        self.t, self.where = num_frames, where
+
+    def random_map(self, record, rng: np.random.Generator):
+        n = len(record["x_audio"])
+        if n < self.t:
+            raise DataError(f"{self.where}: utterance {record.get('utterance_id', '?')!r} has {n} frames, "
+                            f"fewer than the window of {self.t}")
+        t0 = int(rng.integers(0, n - self.t + 1))
+        return {"x_audio": record["x_audio"][t0:t0 + self.t], "x_visual": record["x_visual"][t0:t0 + self.t]}
+
+
 class _ProcessBlocks(grain.MapDataset):
     """Process ``index`` of ``count`` keeps rows [index*block, (index+1)*block) of every global batch."""
 
@@ -184,7 +202,7 @@ class _ProcessBlocks(grain.MapDataset):
 @dataclasses.dataclass(frozen=True)
 class PipelineSpec:
     """What a task needs from the data: random frames (tokenizers) or windows (sequence models)."""
-    kind: str                        # "frames" | "windows"
+    kind: str                        # "frames" | "windows" | "feature_windows" (cached features)
     examples_per_batch: int          # global number of utterance crops per batch
     frames_per_example: int          # K random frames, or the window length T
     modalities: tuple[str, ...] = ("audio", "video")
@@ -201,8 +219,11 @@ def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioF
         transform = _RandomFrames(spec.frames_per_example, framing, spec.modalities, source.description)
     elif spec.kind == "windows":
         transform = _RandomWindow(spec.frames_per_example, framing, spec.modalities, source.description)
+    elif spec.kind == "feature_windows":
+        transform = _RandomFeatureWindow(spec.frames_per_example, source.description)
+        cache_mb = 0  # the features are memory-mapped already
     else:
-        raise ValueError(f"pipeline kind must be 'frames' or 'windows', got {spec.kind!r}")
+        raise ValueError(f"pipeline kind must be 'frames', 'windows' or 'feature_windows', got {spec.kind!r}")
     if spec.examples_per_batch % process_count:
         raise ValueError(f"examples_per_batch={spec.examples_per_batch} is not divisible by the "
                          f"{process_count} processes")
@@ -211,7 +232,9 @@ def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioF
         source = _SlimCache(source, spec.modalities, int(cache_mb * 2**20))
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None).random_map(transform)
     ds = _ProcessBlocks(ds, local, process_index, process_count)
-    return ds.batch(local, drop_remainder=True).to_iter_dataset().__iter__()
+    # Grain prefetches 500 elements by default; ours are whole batches (10 MB at stage 2), so keep a few.
+    read_options = grain.ReadOptions(num_threads=16, prefetch_buffer_size=PREFETCH_BATCHES)
+    return ds.batch(local, drop_remainder=True).to_iter_dataset(read_options).__iter__()
 
 
 __all__ = ["AudioFraming", "CheckedSource", "DataError", "PipelineSpec", "audio_frame_windows",

@@ -458,3 +458,17 @@ def test_jointmvae_frames_are_independent_and_loss_terms():
     np.testing.assert_allclose(q_a["mean"], out["unimodal"]["audio"]["mean"], rtol=1e-6)
     with pytest.raises(ValueError, match="x_visual has shape .*dim_visual=10"):
         apply(variables, x_a, x_v[:, :, :3], sample=False)
+
+
+def test_window_starts_cover_every_frame_once_from_the_first_window():
+    from avrep.evaluation.sequence import window_starts
+
+    assert window_starts(30, 30) == [0]
+    assert window_starts(60, 30) == [0, 30]
+    assert window_starts(71, 30) == [0, 30, 41]
+    for n in range(30, 200, 7):
+        starts = window_starts(n, 30)
+        covered = np.zeros(n, int)
+        for s in starts:
+            covered[s:s + 30] += 1
+        assert covered.min() >= 1 and starts[-1] + 30 == n and all(s + 30 <= n for s in starts)

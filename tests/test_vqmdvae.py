@@ -1,11 +1,13 @@
 """VQ-MDVAE stage 2: features from the frozen tokenizers, a few training steps, bad configs."""
+import os
+
 import numpy as np
 import pytest
 
 from avrep import load_checkpoint
 from avrep.training import loop
 from avrep.training.tasks import build_task
-from avrep.training.tasks.mdvae import channel_major
+from avrep.training.features import channel_major
 from configs import vqmdvae, vqvae_audio, vqvae_visual
 from data_pipelines import pipelines
 
@@ -41,25 +43,59 @@ def _config(smoke_data_dir, tokenizers):
 
 def test_stage2_trains_on_frozen_tokenizer_features(smoke_data_dir, tokenizers, tmp_path):
     config = _config(smoke_data_dir, tokenizers)
+    config.data.feature_cache = False  # on device, inside the step
     task = build_task(config)
-    batch = next(pipelines.training_iterator(pipelines.open_source(config.data.name, "train", smoke_data_dir),
-                                             task.pipeline, task.framing, seed=0))
-    x_audio, x_visual = (np.asarray(x) for x in task.features(batch))
-    assert x_audio.shape == (8, 30, 512) and x_visual.shape == (8, 30, 2048)
+    source = pipelines.open_source(config.data.name, "train", smoke_data_dir)
+    batch = next(pipelines.training_iterator(source, task.pipeline, task.framing, seed=0))
+    x = {m: np.asarray(v) for m, v in task.features(batch).items()}
+    assert x["audio"].shape == (8, 30, 512) and x["visual"].shape == (8, 30, 2048)
     # Frame 7 of sequence 3 is the tokenizer's z_e of that frame, channel-major.
     visual = load_checkpoint(tokenizers["visual"])
     z_v = visual.module.apply(visual.variables, batch["video"][3, 7:8].astype(np.float32) / 255 - 0.5,
                               method="encode")
-    np.testing.assert_allclose(x_visual[3, 7], np.asarray(z_v)[0].transpose(2, 0, 1).reshape(-1), rtol=1e-4,
+    np.testing.assert_allclose(x["visual"][3, 7], np.asarray(z_v)[0].transpose(2, 0, 1).reshape(-1), rtol=1e-4,
                                atol=1e-5)
 
+    # The cache holds the same features, utterance by utterance: find this window in it.
+    cache = build_task(_config(smoke_data_dir, tokenizers)).training_source(source, str(tmp_path / "run"))
+    assert len(cache) == len(source)
+    matches = []
+    for i in range(len(cache)):
+        record = cache[i]
+        for t0 in range(len(record["x_audio"]) - 29):
+            if np.allclose(record["x_audio"][t0:t0 + 30], x["audio"][3], atol=1e-4):
+                matches.append(i)
+                np.testing.assert_allclose(record["x_visual"][t0:t0 + 30], x["visual"][3], rtol=1e-4, atol=1e-4)
+    assert len(matches) == 1
+
+    config = _config(smoke_data_dir, tokenizers)  # cached (the default)
     last = loop.train(config, str(tmp_path / "vqmdvae"))
     assert np.isfinite(last["loss"]) and last["step"] == 8
     assert {"recon_audio", "recon_visual", "kl_w", "kl_z_av", "kl_z_a", "kl_z_v"} <= set(last)
+    assert os.path.exists(tmp_path / "vqmdvae" / "feature_cache" / "train" / "index.json")
     model = load_checkpoint(tmp_path / "vqmdvae")
-    out = model.apply_fn(model.variables, x_audio[:2], x_visual[:2])
+    out = model.apply_fn(model.variables, x["audio"][:2], x["visual"][:2])
     assert out["recon"]["visual"].shape == (2, 30, 2048)
     np.testing.assert_array_equal(out["latents"]["w"]["sample"], out["latents"]["w"]["mean"])  # inference
+
+
+def test_feature_cache_skips_short_utterances_and_is_reused(smoke_data_dir, tokenizers, tmp_path):
+    from avrep.training.features import FrozenTokenizers, build_feature_cache
+
+    config = _config(smoke_data_dir, tokenizers)
+    source = pipelines.open_source(config.data.name, "test", smoke_data_dir)
+    frozen = FrozenTokenizers(config)
+    lengths = [len(build_feature_cache(str(tmp_path / "all"), frozen, source, min_frames=1)[i]["x_audio"])
+               for i in range(len(source))]
+    cutoff = sorted(lengths)[len(lengths) // 2]  # about half the utterances are shorter
+    messages = []
+    cache = build_feature_cache(str(tmp_path / "c"), frozen, source, min_frames=cutoff, log=messages.append)
+    assert len(cache) == sum(n >= cutoff for n in lengths) < len(source)
+    assert len(cache.index["skipped"]) == sum(n < cutoff for n in lengths)
+    assert "skipped" in messages[0]
+    mtime = os.path.getmtime(tmp_path / "c" / "audio.f32")
+    build_feature_cache(str(tmp_path / "c"), frozen, source, min_frames=cutoff)  # same fingerprint: reused
+    assert os.path.getmtime(tmp_path / "c" / "audio.f32") == mtime
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -74,3 +110,83 @@ def test_bad_stage2_config_is_named(smoke_data_dir, tokenizers, key, value, mess
     config[group][field] = tokenizers["audio"] if value == "AUDIO" else value
     with pytest.raises(ValueError, match=message):
         build_task(config)
+
+
+@pytest.mark.parametrize("config_arg", ["vqdsae:audio,smoke", "vqdsae:visual,raw,smoke", "vqjointmvae:smoke",
+                                        "vqmdvae:raw,smoke"])
+def test_baseline_configs_train_and_reconstruct(smoke_data_dir, tokenizers, tmp_path, config_arg):
+    """Every baseline of the paper's tables trains from its config and reconstructs whole test utterances."""
+    import importlib
+
+    from avrep.evaluation.sequence import SequenceModel
+
+    module, variant = config_arg.split(":")
+    config = importlib.import_module(f"configs.{module}").get_config(variant)
+    config.data.data_dir = smoke_data_dir
+    config.data.examples_per_batch = 8  # one sequence per fake device
+    config.tokenizers.audio, config.tokenizers.visual = tokenizers["audio"], tokenizers["visual"]
+    last = loop.train(config, str(tmp_path / "run"))
+    assert np.isfinite(last["loss"]) and last["step"] == 8
+    seq = SequenceModel(load_checkpoint(tmp_path / "run"))
+    source = pipelines.open_source(config.data.name, "test", smoke_data_dir)
+    utts, xs, _ = seq.split_features(source, limit=2)
+    recon = seq.reconstruct(xs)
+    for utt, r in zip(utts, recon):
+        signals = seq.to_signals(r)
+        n = utt["num_frames"]
+        if "audio" in seq.outputs:
+            assert signals["power"].shape == (n, 513) and np.all(signals["power"] >= 0)
+        if "visual" in seq.outputs:
+            assert signals["video"].shape == (n, 64, 64, 3)
+            assert 0.0 <= signals["video"].min() and signals["video"].max() <= 1.0
+    expected = {"vqdsae": {"audio"} if "audio" in variant else {"visual"}}.get(module, {"audio", "visual"})
+    assert set(seq.outputs) == expected
+    assert seq.name == {"vqdsae:audio,smoke": "VQ-DSAE-audio", "vqdsae:visual,raw,smoke": "DSAE-visual",
+                        "vqjointmvae:smoke": "VQ-JointMVAE", "vqmdvae:raw,smoke": "MDVAE"}[config_arg]
+
+
+def test_standardized_features_are_stored_and_undone(smoke_data_dir, tokenizers, tmp_path):
+    from avrep.evaluation.sequence import SequenceModel
+
+    config = _config(smoke_data_dir, tokenizers)
+    config.feature_scaling = "standardize"
+    loop.train(config, str(tmp_path / "run"))
+    model = load_checkpoint(tmp_path / "run")
+    from avrep.training.features import FeatureSource
+
+    source = FeatureSource(str(tmp_path / "run" / "feature_cache" / "train"))
+    visual = np.concatenate([source[i]["x_visual"] for i in range(len(source))])
+    stats = model.variables["feature_stats"]
+    np.testing.assert_allclose(stats["visual_mean"], visual.mean(0), atol=1e-4)
+    np.testing.assert_allclose(stats["visual_std"], visual.std(0), rtol=1e-3, atol=1e-5)
+    # Decoding returns features on the original scale: the inverse of the scaling is applied.
+    seq = SequenceModel(model)
+    x = source[0]
+    recon = seq.reconstruct([{"audio": x["x_audio"], "visual": x["x_visual"]}])[0]
+    assert abs(recon["visual"].mean() - visual.mean()) < 3 * visual.std()
+    assert 0.2 < recon["visual"].std() / visual.std() < 5
+
+
+def test_a_tokenizer_checkpoint_is_refused_by_the_sequence_evaluator(tokenizers):
+    from avrep.evaluation.sequence import SequenceModel
+
+    with pytest.raises(ValueError, match=r"expected a checkpoint of task .*'mdvae'.*got a 'vqvae' run"):
+        SequenceModel(load_checkpoint(tokenizers["audio"]))
+
+
+def test_decoding_features_equals_the_tokenizers_own_reconstruction(smoke_data_dir, tokenizers):
+    """encode -> flatten channel-major -> unflatten -> quantise -> decode is each VQ-VAE's forward pass."""
+    from avrep.training.features import (FrozenTokenizers, audio_frames_to_power, utterance_frames,
+                                         video_to_model_range)
+
+    config = _config(smoke_data_dir, tokenizers)
+    frozen = FrozenTokenizers(config)
+    source = pipelines.open_source(config.data.name, "test", smoke_data_dir)
+    utt = utterance_frames(source[0], config.audio, "test record 0")
+    x_audio, x_visual = frozen.encode_frames(utt["windows"][:16], utt["video"][:16])
+    power, images = frozen.decode(x_audio, x_visual)
+    audio, visual = load_checkpoint(tokenizers["audio"]), load_checkpoint(tokenizers["visual"])
+    expected_power = audio.apply_fn(audio.variables, audio_frames_to_power(utt["windows"][:16], config.audio))["recon"]
+    expected_images = visual.apply_fn(visual.variables, video_to_model_range(utt["video"][:16]))["recon"]
+    np.testing.assert_allclose(np.asarray(power), np.asarray(expected_power), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(images), np.asarray(expected_images), rtol=1e-4, atol=1e-5)

@@ -16,7 +16,7 @@ shapes compile; metrics are computed on the original length only.
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -37,36 +37,42 @@ def _utterances(source, hop: int, limit: int | None) -> Iterable[dict]:
         yield decode_utterance(source[i], hop, f"{source.description}: record {i}")
 
 
-def _audio_resynthesizer(model, audio_cfg: dict, griffin_lim_iters: int):
+def _waveform_builder(audio_cfg: dict, griffin_lim_iters: int, griffin_lim: bool):
+    """jit: (wavs [B, L], recon power [B, F, bins], valid [B]) -> waveforms per condition, and the power.
+    Frames at or beyond ``valid`` keep the original power (padding, or frames a model did not produce)."""
     n_fft, hop, window = int(audio_cfg["n_fft"]), int(audio_cfg["hop"]), str(audio_cfg["window"])
     pad_mode = str(audio_cfg["pad_mode"])
 
     @jax.jit
-    def run(variables, wavs):
+    def run(wavs, recon, valid):
         spec = audio_lib.stft(wavs, n_fft=n_fft, hop=hop, window=window, center=True, pad_mode=pad_mode)
         power = jnp.abs(spec) ** 2
-        recon = model.apply_fn(variables, power.reshape(-1, power.shape[-1]))["recon"].reshape(power.shape)
+        frame = jnp.arange(power.shape[1])[None, :, None]
+        recon = jnp.where(frame < valid[:, None, None], recon, power)
         length = wavs.shape[-1]
-        gl = functools.partial(audio_lib.griffin_lim, n_iter=griffin_lim_iters, hop=hop, window=window,
-                               length=length, key=jax.random.key(0))
-        return {
-            "original phase": audio_lib.spectrogram_to_waveform(recon, jnp.angle(spec), hop=hop, window=window,
-                                                                length=length),
-            f"Griffin-Lim ({griffin_lim_iters} it.)": gl(recon),
-            f"reference: original power, Griffin-Lim ({griffin_lim_iters} it.)": gl(power),
-        }, power, recon
+        out = {"original phase": audio_lib.spectrogram_to_waveform(recon, jnp.angle(spec), hop=hop, window=window,
+                                                                   length=length)}
+        if griffin_lim:
+            gl = functools.partial(audio_lib.griffin_lim, n_iter=griffin_lim_iters, hop=hop, window=window,
+                                   length=length, key=jax.random.key(0))
+            out[f"Griffin-Lim ({griffin_lim_iters} it.)"] = gl(recon)
+            out[f"reference: original power, Griffin-Lim ({griffin_lim_iters} it.)"] = gl(power)
+        return out, power, recon
 
     return run
 
 
-def audio_resynthesis(model, source, *, limit: int | None = None, griffin_lim_iters: int = 32,
-                      bucket_seconds: float = 0.5, batch_size: int = 16) -> dict[str, Any]:
-    """Per-condition summaries (mean/std of STOI, PESQ, SI-SDR) and one example for the figure."""
-    audio_cfg = model.config.audio
+def score_audio(wavs: list[np.ndarray], reconstruct: Callable, audio_cfg: dict, *, griffin_lim_iters: int = 32,
+                griffin_lim: bool = True, bucket_seconds: float = 0.5, batch_size: int = 16) -> dict[str, Any]:
+    """Per-condition summaries (mean/std of STOI, PESQ, SI-SDR) and one example for the figure.
+
+    ``reconstruct(batch [B, L] zero-padded waveforms, indices into wavs)`` returns the model's power
+    spectrogram [B, F, bins] (F: centre-padded frames of L samples) and the number of valid frames
+    per row. Utterances are padded to a multiple of ``bucket_seconds`` so a few shapes compile.
+    """
     sr, hop = int(audio_cfg["sample_rate"]), int(audio_cfg["hop"])
     bucket = int(bucket_seconds * sr)
-    run = _audio_resynthesizer(model, audio_cfg, griffin_lim_iters)
-    wavs = [u["wav"] for u in _utterances(source, hop, limit)]
+    run = _waveform_builder(audio_cfg, griffin_lim_iters, griffin_lim)
     per_condition: dict[str, list[dict]] = {}
     example = None
     by_length: dict[int, list[int]] = {}
@@ -78,7 +84,8 @@ def audio_resynthesis(model, source, *, limit: int | None = None, griffin_lim_it
             batch = np.zeros((batch_size, length), np.float32)  # fixed batch: one compile per bucket
             for row, i in enumerate(chunk):
                 batch[row, :wavs[i].size] = wavs[i]
-            outputs, power, recon = jax.device_get(run(model.variables, batch))
+            recon, valid = reconstruct(batch, chunk)
+            outputs, power, recon = jax.device_get(run(batch, recon, valid))
             for row, i in enumerate(chunk):
                 ref = wavs[i]
                 for condition, out in outputs.items():
@@ -92,25 +99,58 @@ def audio_resynthesis(model, source, *, limit: int | None = None, griffin_lim_it
             "example": example}
 
 
-def visual_resynthesis(model, source, *, limit: int | None = None, chunk: int = 256) -> dict[str, Any]:
-    """Summary (mean/std over utterances of per-utterance mean MSE, PSNR, SCC, SSIM) and an example."""
-    hop = int(model.config.audio["hop"])
-    apply = jax.jit(lambda v, x: model.apply_fn(v, x)["recon"])
+def audio_resynthesis(model, source, *, limit: int | None = None, griffin_lim_iters: int = 32,
+                      bucket_seconds: float = 0.5, batch_size: int = 16) -> dict[str, Any]:
+    """Audio tokenizer: every frame of each test utterance through the VQ-VAE (see ``score_audio``)."""
+    audio_cfg = model.config.audio
+    n_fft, hop, window = int(audio_cfg["n_fft"]), int(audio_cfg["hop"]), str(audio_cfg["window"])
+    pad_mode = str(audio_cfg["pad_mode"])
+
+    @jax.jit
+    def tokenizer_power(variables, wavs):
+        power = audio_lib.power_spectrogram(wavs, n_fft=n_fft, hop=hop, window=window, center=True,
+                                            pad_mode=pad_mode)
+        return model.apply_fn(variables, power.reshape(-1, power.shape[-1]))["recon"].reshape(power.shape)
+
+    def reconstruct(batch, chunk):
+        recon = tokenizer_power(model.variables, batch)
+        return recon, np.full(len(batch), recon.shape[1], np.int32)
+
+    wavs = [u["wav"] for u in _utterances(source, hop, limit)]
+    return score_audio(wavs, reconstruct, audio_cfg, griffin_lim_iters=griffin_lim_iters,
+                       bucket_seconds=bucket_seconds, batch_size=batch_size)
+
+
+def score_video(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """(frames, recon) pairs in [0, 1] -> summary over utterances of per-utterance mean MSE, PSNR, SCC,
+    SSIM, and the first pair as the figure's example."""
     per_utt, example = [], None
-    for utt in _utterances(source, hop, limit):
-        frames = utt["video"].astype(np.float32) / 255.0
-        recon = np.empty_like(frames)
-        for s in range(0, len(frames), chunk):
-            part = frames[s:s + chunk]
-            padded = np.zeros((chunk, *frames.shape[1:]), np.float32)  # static shape, one compile
-            padded[:len(part)] = part
-            recon[s:s + len(part)] = np.asarray(apply(model.variables, padded - 0.5))[:len(part)] + 0.5
+    for frames, recon in pairs:
         recon = np.clip(recon, 0.0, 1.0)
         values = metrics_lib.image_metrics(frames, recon, data_range=1.0)
         per_utt.append({m: float(np.mean(values[m])) for m in VISUAL_METRICS})
         if example is None:
             example = {"frames": frames, "recon": recon}
     return {"summary": summarize_rows(per_utt, VISUAL_METRICS), "example": example}
+
+
+def visual_resynthesis(model, source, *, limit: int | None = None, chunk: int = 256) -> dict[str, Any]:
+    """Visual tokenizer: every frame of each test utterance through the VQ-VAE (see ``score_video``)."""
+    hop = int(model.config.audio["hop"])
+    apply = jax.jit(lambda v, x: model.apply_fn(v, x)["recon"])
+
+    def pairs():
+        for utt in _utterances(source, hop, limit):
+            frames = utt["video"].astype(np.float32) / 255.0
+            recon = np.empty_like(frames)
+            for s in range(0, len(frames), chunk):
+                part = frames[s:s + chunk]
+                padded = np.zeros((chunk, *frames.shape[1:]), np.float32)  # static shape, one compile
+                padded[:len(part)] = part
+                recon[s:s + len(part)] = np.asarray(apply(model.variables, padded - 0.5))[:len(part)] + 0.5
+            yield frames, recon
+
+    return score_video(pairs())
 
 
 def spectrogram_figure(example: dict, path: str, title: str) -> None:

@@ -1,34 +1,67 @@
 """Evaluates every run found in a workdir and writes the metric tables into ``<workdir>/eval/``."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable
 
-from avrep.evaluation import resynthesis
+import numpy as np
+
+from avrep.evaluation import manipulation, resynthesis
+from avrep.evaluation.emotion import EmotionProtocol, run_emotion_evaluation
+from avrep.evaluation.sequence import LATENTS, SequenceModel
 from avrep.evaluation.tables import write_table
 from avrep.training.checkpointing import CHECKPOINT_SUBDIR, load_checkpoint
 from data_pipelines.pipelines import open_source
 
-AUDIO_TABLE = ("analysis_resynthesis_audio",
-               "Analysis-resynthesis, audio (form of MDVAE paper Table 2)",
-               [("stoi", "STOI ↑", 3), ("pesq", "PESQ (wb) ↑", 2), ("si_sdr", "SI-SDR (dB) ↑", 2)])
-VISUAL_TABLE = ("analysis_resynthesis_visual",
-                "Analysis-resynthesis, visual (form of MDVAE paper Table 3)",
-                [("mse", "MSE ↓", 4), ("psnr", "PSNR (dB) ↑", 2), ("scc", "SCC ↑", 3), ("ssim", "SSIM ↑", 3)])
-NOTES = {
-    "analysis_resynthesis_audio": [
-        "Mean ± std over test utterances (speaker-disjoint test split). PESQ is wide-band (ITU-T P.862.2, "
-        "16 kHz). 'original phase': inverse STFT of the reconstructed power with the input's phase; "
-        "Griffin-Lim rows rebuild the phase from power alone (fast Griffin-Lim, momentum 0.99, random init "
-        "with a fixed key). STFT: Hann window, n_fft 1024, centre zero-padding.",
-    ],
-    "analysis_resynthesis_visual": [
-        "Mean ± std over test utterances of the per-utterance mean over frames. Pixels in [0, 1] (data range 1). "
-        "SSIM: Gaussian 11x11 window, sigma 1.5, K1 0.01, K2 0.03, mean over RGB channels (Wang et al. 2004). "
-        "SCC: Laplacian high-pass then windowed correlation coefficient (8x8), as the sewar package.",
-    ],
+# name -> (title, key columns, [(metric, header, digits)], notes)
+TABLES = {
+    "analysis_resynthesis_audio": (
+        "Analysis-resynthesis, audio (form of MDVAE paper Table 2)", ("model", "condition", "run"),
+        [("stoi", "STOI ↑", 3), ("pesq", "PESQ (wb) ↑", 2), ("si_sdr", "SI-SDR (dB) ↑", 2)],
+        ["Mean ± std over test utterances (speaker-disjoint test split). PESQ is wide-band (ITU-T P.862.2, "
+         "16 kHz). 'original phase': inverse STFT of the reconstructed power with the input's phase; "
+         "Griffin-Lim rows rebuild the phase from power alone (fast Griffin-Lim, momentum 0.99, random init "
+         "with a fixed key). STFT: Hann window, n_fft 1024, centre zero-padding. Sequence models (MDVAE "
+         "family) reconstruct whole utterances in windows of T frames (posterior means)."]),
+    "analysis_resynthesis_visual": (
+        "Analysis-resynthesis, visual (form of MDVAE paper Table 3)", ("model", "condition", "run"),
+        [("mse", "MSE ↓", 4), ("psnr", "PSNR (dB) ↑", 2), ("scc", "SCC ↑", 3), ("ssim", "SSIM ↑", 3)],
+        ["Mean ± std over test utterances of the per-utterance mean over frames. Pixels in [0, 1] (data range "
+         "1). SSIM: Gaussian 11x11 window, sigma 1.5, K1 0.01, K2 0.03, mean over RGB channels (Wang et al. "
+         "2004). SCC: Laplacian high-pass then windowed correlation coefficient (8x8), as the sewar package."]),
+    "analysis_transformation_synthesis": (
+        "Analysis-transformation-synthesis: one latent of B replaced by donor A's (form of MDVAE paper Fig. 8)",
+        ("model", "latent", "run"),
+        [(f"{a}_{m}", f"{a} {m.upper()}", 2 if m == "pcc" else 3)
+         for a in manipulation.SWAP_ATTRIBUTES for m in ("pcc", "mae")],
+        ["Windows of T frames from the test split; every ordered pair (A, B), A != B (n pairs). PCC: Pearson "
+         "correlation of time-centred attributes of the output and of the real donor A, pooled over pairs "
+         "(high: the latent carries the attribute's dynamics); MAE on raw values (low: it sets the attribute's "
+         "level). Row 'none': B decoded unchanged. Audio from Griffin-Lim (32 it.). Extractors: "
+         "avrep.evaluation.attributes (pYIN pitch in Hz, LPC formants F1/F2 in Hz, loudness in dB, mouth and "
+         "eye opening and head position measured on the rendered faces)."]),
+    "denoising": (
+        "Audiovisual denoising: PSNR / SSIM on the corrupted region (form of MDVAE paper Fig. 11)",
+        ("model", "region", "variance"), [("psnr", "PSNR (dB) ↑", 2), ("ssim", "SSIM ↑", 3)],
+        ["Sequences of 10 frames (the first frames of test utterances); frames 3-8 get N(0, variance) noise on "
+         "pixels in [0, 1] (clipped) inside a box around the mouth or the eyes; audio clean. Mean ± std over "
+         "sequences of the region's PSNR and mean SSIM map (Gaussian window, sigma 1.5). VQ-VAE-visual: the "
+         "tokenizer alone."]),
 }
+AUDIO_TABLE, VISUAL_TABLE, SWAP_TABLE, DENOISE_TABLE = TABLES
+# A 2-value MLP grid (the default 4-value one costs ~5 CPU minutes on SynthAV's 960 utterances).
+EMOTION_PROTOCOL = EmotionProtocol(mlp_grid=(((128, 128), 1e-3), ((128, 128), 1e-1)), mlp_max_iter=200)
 MODEL_NAMES = {"vqvae_audio": "VQ-VAE-audio", "vqvae_visual": "VQ-VAE-visual"}
+
+
+# Row order of the papers' tables (ablations first, the proposed model last); others after them.
+PAPER_ORDER = ("VQ-VAE-audio", "VQ-VAE-visual", "original signal", "DSAE-audio", "DSAE-visual", "MDVAE",
+               "VQ-DSAE-audio", "VQ-DSAE-visual", "VQ-JointMVAE", "VQ-MDVAE")
+
+
+def _paper_order(row: dict) -> int:
+    return PAPER_ORDER.index(row["model"]) if row["model"] in PAPER_ORDER else len(PAPER_ORDER)
 
 
 def discover_runs(workdir: str) -> list[str]:
@@ -45,47 +78,147 @@ def discover_runs(workdir: str) -> list[str]:
     return runs
 
 
-def _evaluate_vqvae(model, run_dir, out_dir, rows, limit, griffin_lim_iters, log):
+@dataclasses.dataclass
+class Evaluation:
+    """What the per-run evaluators share: options, table rows, and per-utterance representations
+    gathered across runs for the emotion table."""
+    out_dir: str
+    limit: int | None = None
+    griffin_lim_iters: int = 32
+    emotion_splits: tuple[str, ...] = ("train", "validation", "test")
+    swap_count: int = 8  # donors = recipients of the transformation experiment (count * (count - 1) pairs)
+    denoise_count: int = 24  # test sequences of the denoising experiment
+    log: Callable[[str], None] = print
+    rows: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    # representation name -> {utterance_id: vector}; labels: utterance_id -> {speaker, emotion, intensity}
+    representations: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    labels: dict[str, dict] = dataclasses.field(default_factory=dict)
+    denoisers: list[SequenceModel] = dataclasses.field(default_factory=list)  # VQ runs that decode video
+
+
+def _run_name(run_dir: str) -> str:
+    return os.path.basename(os.path.normpath(run_dir))
+
+
+def _evaluate_vqvae(model, run_dir: str, ev: Evaluation) -> None:
     config = model.config
     source = open_source(config.data.name, config.data.eval_split, config.data.data_dir)
     name = MODEL_NAMES.get(config.name, config.name)
-    run = os.path.basename(os.path.normpath(run_dir))
+    run = _run_name(run_dir)
     if config.model.modality == "audio":
-        result = resynthesis.audio_resynthesis(model, source, limit=limit, griffin_lim_iters=griffin_lim_iters)
+        result = resynthesis.audio_resynthesis(model, source, limit=ev.limit, griffin_lim_iters=ev.griffin_lim_iters)
         for condition, summary in result["conditions"].items():
             model_name = "original signal" if condition.startswith("reference") else name
-            rows.setdefault(AUDIO_TABLE[0], []).append({"model": model_name, "condition": condition, "run": run,
-                                                        **summary})
-        resynthesis.spectrogram_figure(result["example"], os.path.join(out_dir, f"{run}_spectrograms.png"),
+            ev.rows.setdefault(AUDIO_TABLE, []).append({"model": model_name, "condition": condition, "run": run,
+                                                           **summary})
+        resynthesis.spectrogram_figure(result["example"], os.path.join(ev.out_dir, f"{run}_spectrograms.png"),
                                        f"{name}: {source.description}")
     else:
-        result = resynthesis.visual_resynthesis(model, source, limit=limit)
-        rows.setdefault(VISUAL_TABLE[0], []).append({"model": name, "condition": "-", "run": run,
-                                                     **result["summary"]})
-        resynthesis.faces_figure(result["example"], os.path.join(out_dir, f"{run}_faces.png"), name)
-    log(f"[avrep] evaluated {run_dir} (step {model.step})")
+        result = resynthesis.visual_resynthesis(model, source, limit=ev.limit)
+        ev.rows.setdefault(VISUAL_TABLE, []).append({"model": name, "condition": "-", "run": run,
+                                                        **result["summary"]})
+        resynthesis.faces_figure(result["example"], os.path.join(ev.out_dir, f"{run}_faces.png"), name)
+    ev.log(f"[avrep] evaluated {run_dir} (step {model.step})")
 
 
-EVALUATORS: dict[str, Callable] = {"vqvae": _evaluate_vqvae}
+def _evaluate_sequence(model, run_dir: str, ev: Evaluation) -> None:
+    """MDVAE family: analysis-resynthesis rows, and the static latent w for the emotion table."""
+    seq = SequenceModel(model)
+    config, run = model.config, _run_name(run_dir)
+    source = open_source(config.data.name, config.data.eval_split, config.data.data_dir)
+    utts, xs, skipped = seq.split_features(source, limit=ev.limit)
+    if skipped:
+        ev.log(f"[avrep] {run}: skipped {len(skipped)} test utterance(s) shorter than {seq.t} frames")
+    signals = [seq.to_signals(r) for r in seq.reconstruct(xs)]
+    if "audio" in seq.outputs:
+        wavs = [u["wav"] for u in utts]
+
+        def reconstruct(batch, chunk):
+            frames = 1 + batch.shape[1] // int(config.audio["hop"])
+            recon = np.zeros((len(batch), frames, signals[0]["power"].shape[-1]), np.float32)
+            valid = np.zeros(len(batch), np.int32)
+            for row, i in enumerate(chunk):
+                power = signals[i]["power"]
+                recon[row, :len(power)], valid[row] = power, len(power)
+            return recon, valid
+
+        result = resynthesis.score_audio(wavs, reconstruct, config.audio, griffin_lim=False)
+        for condition, summary in result["conditions"].items():
+            ev.rows.setdefault(AUDIO_TABLE, []).append({"model": seq.name, "condition": condition, "run": run,
+                                                           **summary})
+    if "visual" in seq.outputs:
+        pairs = ((u["video"].astype(np.float32) / 255.0, s["video"]) for u, s in zip(utts, signals))
+        result = resynthesis.score_video(pairs)
+        ev.rows.setdefault(VISUAL_TABLE, []).append({"model": seq.name, "condition": "-", "run": run,
+                                                        **result["summary"]})
+        resynthesis.faces_figure(result["example"], os.path.join(ev.out_dir, f"{run}_faces.png"), seq.name)
+    if "w" in LATENTS[seq.family]:
+        _collect_static_latents(seq, run_dir, ev)
+    if seq.family == "mdvae":
+        rows = manipulation.swap_experiment(seq, source, count=ev.swap_count)
+        ev.rows.setdefault(SWAP_TABLE, []).extend(dict(r, model=seq.name, run=run) for r in rows)
+        manipulation.interpolation_and_generation(seq, source, ev.out_dir, run)
+    if "visual" in seq.outputs and seq.task.tokenizers is not None:
+        ev.denoisers.append(seq)
+    ev.log(f"[avrep] evaluated {run_dir} (step {model.step})")
 
 
-def evaluate_workdir(workdir: str, *, limit: int | None = None, griffin_lim_iters: int = 32,
-                     log: Callable[[str], None] = print) -> dict[str, tuple[str, str]]:
+def _collect_static_latents(seq: SequenceModel, run_dir: str, ev: Evaluation) -> None:
+    """Utterance-level w (mean over the utterance's windows of the posterior mean) of every utterance of
+    ``ev.emotion_splits``, for the emotion-recognition table."""
+    config = seq.config
+    vectors = {}
+    for split in ev.emotion_splits:
+        source = open_source(config.data.name, split, config.data.data_dir)
+        meta, xs = seq.split_latent_inputs(source, cache_dir=seq.task.feature_cache_dir(run_dir, split))
+        missing = {"speaker", "emotion", "intensity"} - set(meta[0]) if meta else set()
+        if missing:
+            ev.log(f"[avrep] {source.description} has no {sorted(missing)} labels: no emotion table for it")
+            return
+        for m, latents in zip(meta, seq.encode_utterances(xs)):
+            vectors[m["utterance_id"]] = latents["w"].mean(axis=0)
+            ev.labels[m["utterance_id"]] = {k: m[k] for k in ("speaker", "emotion", "intensity")}
+    ev.representations[f"{seq.name} w"] = vectors
+
+
+def _emotion_tables(ev: Evaluation) -> dict:
+    """Table 4 (+ the few-label curve) over the utterances every representation has."""
+    ids = sorted(set.intersection(*(set(v) for v in ev.representations.values())))
+    reps = {name: np.stack([v[i] for i in ids]) for name, v in ev.representations.items()}
+    labels = {"category": np.array([ev.labels[i]["emotion"] for i in ids]),
+              "intensity": np.array([ev.labels[i]["intensity"] for i in ids])}
+    speakers = np.array([ev.labels[i]["speaker"] for i in ids])
+    _, _, paths = run_emotion_evaluation(ev.out_dir, reps, labels, speakers, dataset="SynthAV",
+                                         protocol=EMOTION_PROTOCOL)
+    ev.log(f"[avrep] emotion recognition on {len(ids)} utterances of {ev.emotion_splits}: {paths}")
+    return paths
+
+
+EVALUATORS: dict[str, Callable] = {"vqvae": _evaluate_vqvae, **{family: _evaluate_sequence for family in LATENTS}}
+
+
+def evaluate_workdir(workdir: str, *, log: Callable[[str], None] = print, **options) -> dict[str, tuple[str, str]]:
+    """Evaluates every run under ``workdir``; ``options`` are ``Evaluation`` fields (limit, swap_count, ...)."""
     runs = discover_runs(workdir)  # before creating eval/, so a mistyped --workdir is not created
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    rows: dict[str, list[dict]] = {}
+    ev = Evaluation(os.path.join(workdir, "eval"), log=log, **options)
+    os.makedirs(ev.out_dir, exist_ok=True)
     for run_dir in runs:
         model = load_checkpoint(run_dir)
         evaluator = EVALUATORS.get(model.config.get("task"))
         if evaluator is None:
             raise ValueError(f"{run_dir}: no evaluator for task {model.config.get('task')!r}; "
                              f"known: {sorted(EVALUATORS)}")
-        evaluator(model, run_dir, out_dir, rows, limit, griffin_lim_iters, log)
+        evaluator(model, run_dir, ev)
     written = {}
-    for name, title, metrics in (AUDIO_TABLE, VISUAL_TABLE):
-        if name in rows:
-            written[name] = write_table(out_dir, name, title, rows[name], ("model", "condition", "run"), metrics,
-                                        NOTES[name])
+    if ev.denoisers:
+        first = ev.denoisers[0].config
+        source = open_source(first.data.name, first.data.eval_split, first.data.data_dir)
+        ev.rows[DENOISE_TABLE] = manipulation.denoising_experiment(ev.denoisers, source, count=ev.denoise_count)
+    for name, (title, keys, metrics, notes) in TABLES.items():
+        if name in ev.rows:
+            rows = sorted(ev.rows[name], key=_paper_order)
+            written[name] = write_table(ev.out_dir, name, title, rows, keys, metrics, notes)
             log(f"[avrep] wrote {written[name][0]}")
+    if ev.representations:
+        written["emotion"] = _emotion_tables(ev)
     return written

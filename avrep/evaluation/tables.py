@@ -20,8 +20,10 @@ def summarize_rows(per_item: Sequence[Mapping[str, float]], metrics: Sequence[st
 
 
 def _cell(row: Mapping, metric: str, digits: int) -> str:
-    mean, std = row.get(metric, math.nan), row.get(f"{metric}_std", math.nan)
-    text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+    mean = row.get(metric, math.nan)
+    text = f"{mean:.{digits}f}"
+    if f"{metric}_std" in row:  # a single value (no spread) is shown alone
+        text += f" ± {row[f'{metric}_std']:.{digits}f}"
     bad = row.get(f"{metric}_nonfinite")
     return text + (f" ({bad} non-finite excluded)" if bad else "")
 

@@ -102,7 +102,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         registry.prepare(config.data.name, config.data.data_dir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("avrep:data_prepared")
-    source = open_source(config.data.name, config.data.train_split, config.data.data_dir)
+    source = task.training_source(open_source(config.data.name, config.data.train_split, config.data.data_dir),
+                                  workdir)
     data_iter = training_iterator(source, task.pipeline, task.framing, seed=int(config.seed),
                                   process_index=jax.process_index(), process_count=jax.process_count(),
                                   cache_mb=float(config.data.get("cache_mb", 0)))

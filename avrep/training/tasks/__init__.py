@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from avrep.training.tasks.base import Task
-from avrep.training.tasks.mdvae import MDVAETask
+from avrep.training.tasks.mdvae import FAMILIES, SequenceVAETask
 from avrep.training.tasks.vqvae import VQVAETask
 
-TASKS: dict[str, type[Task]] = {"vqvae": VQVAETask, "mdvae": MDVAETask}
+TASKS: dict[str, type[Task]] = {"vqvae": VQVAETask, **{family: SequenceVAETask for family in FAMILIES}}
 
 
 def build_task(config) -> Task:

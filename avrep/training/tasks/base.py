@@ -46,6 +46,10 @@ class Task(abc.ABC):
         a = self.config["audio"]
         return AudioFraming(n_fft=int(a["n_fft"]), hop=int(a["hop"]), pad_mode=str(a["pad_mode"]))
 
+    def training_source(self, source, workdir: str):
+        """The random-access source the training pipeline reads; tasks may derive another (a feature cache)."""
+        return source
+
     def dummy_batch(self) -> dict:
         """A zero batch with the pipeline's shapes (2 examples): for shape inference and restores."""
         spec, framing, n = self.pipeline, self.framing, 2

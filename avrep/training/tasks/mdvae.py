@@ -1,87 +1,202 @@
-"""Training task for VQ-MDVAE stage 2 (spec/mdvae.md §3): MDVAE on frozen tokenizer features.
+"""Training task for the sequence VAEs: MDVAE / VQ-MDVAE and the DSAE and JointMVAE baselines.
 
-The pipeline delivers aligned windows of T frames (audio waveform + video). Inside the jitted
-step the frozen tokenizers turn them into the MDVAE's inputs, the flattened pre-quantisation
-encoder outputs in the authors' (PyTorch, channel-major) order:
-audio [T, 513] power -> z_e [T, 64, 8] -> [T, 8 * 64 = 512];
-video [T, 64, 64, 3] -> z_e [T, 8, 8, 32] -> [T, 32 * 8 * 8 = 2048].
-Computing them on device avoids a feature cache on disk; the tokenizer variables are constants
-of the compiled step.
+``config.task`` picks the model family ("mdvae", "dsae", "jointmvae"), ``config.features`` its
+inputs, per frame:
+* "vq": the frozen tokenizers' flattened pre-quantisation encoder outputs (VQ-MDVAE stage 2,
+  spec/mdvae.md §3; audio 512, visual 2048), read from a feature cache built once per training
+  split (``data.feature_cache``, default) or computed on device inside every step;
+* "raw": log power spectra (513) and pixels in [-0.5, 0.5] (64 * 64 * 3), the paper's "MDVAE"
+  and "DSAE" rows. Log power, not power: a unit-variance Gaussian on linear power would only
+  model the few loudest bins (my choice; the paper gives no details).
+
+``feature_scaling``: "none" (the paper: features as they come) or "standardize" (per-dimension
+mean and std of the training inputs, kept in the checkpoint's ``feature_stats`` collection). The
+VQ visual features have a per-dimension variance near 0.016 against 2.2 for audio, so under the
+unit-variance likelihood the visual dynamics cost little to ignore and z_v collapses;
+standardising gives every dimension the same weight (measured trade-off in the README).
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 
 from avrep.models.config import module_from_config
-from avrep.models.mdvae import MDVAE, NORMALIZATIONS, mdvae_loss
+from avrep.models.mdvae import DSAE, MDVAE, NORMALIZATIONS, JointMVAE, jointmvae_loss, mdvae_loss
+from avrep.models.vqvae import LOG_EPS
+from avrep.training.features import (FeatureSource, FrozenTokenizers, audio_frames_to_power, build_feature_cache,
+                                     iter_utterance_features, utterance_frames, video_to_model_range)
 from avrep.training.tasks.base import Task
-from avrep.training.tasks.vqvae import audio_frames_to_power, video_to_model_range
 from data_pipelines.pipelines import PipelineSpec
 
+FAMILIES = {"mdvae": MDVAE, "dsae": DSAE, "jointmvae": JointMVAE}
+FEATURES = ("vq", "raw")
+SCALINGS = ("none", "standardize")
+STATS = "feature_stats"  # variable collection of the per-dimension input statistics (feature_scaling)
 
-def channel_major(z_e: jax.Array) -> jax.Array:
-    """[N, *positions, C] channels-last latents -> [N, C * prod(positions)] in PyTorch's order."""
-    return jnp.moveaxis(z_e, -1, 1).reshape(z_e.shape[0], -1)
+
+def _raw(power: jax.Array, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Power [N, 513] and uint8 frames [..., H, W, 3] -> log power [N, 513], pixels [N, H * W * 3]."""
+    pixels = video_to_model_range(video)
+    return jnp.log(power + LOG_EPS), pixels.reshape(pixels.shape[0], -1)
 
 
-class MDVAETask(Task):
+def raw_features(batch, audio_cfg) -> tuple[jax.Array, jax.Array]:
+    """A window batch -> (log power [B, T, 513], pixels [B, T, H * W * 3] in [-0.5, 0.5])."""
+    b, t = batch["video"].shape[:2]
+    x_a, x_v = _raw(audio_frames_to_power(batch["audio"], audio_cfg), batch["video"])
+    return x_a.reshape(b, t, -1), x_v.reshape(b, t, -1)
+
+
+class SequenceVAETask(Task):
     def __init__(self, config):
         super().__init__(config)
-        self._module = module_from_config(MDVAE, dict(config["model"]), "mdvae config (config key model)")
+        self.family = str(config["task"])
+        self.feature_kind = str(config.get("features", "vq"))
+        if self.feature_kind not in FEATURES:
+            raise ValueError(f"config key features must be one of {FEATURES}, got {self.feature_kind!r}")
+        self._module = module_from_config(FAMILIES[self.family], dict(config["model"]),
+                                          f"{self.family} config (config key model)")
         loss_cfg = config["loss"]
         self.normalization = str(loss_cfg["normalization"])
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"config key loss.normalization must be one of {NORMALIZATIONS}, "
                              f"got {self.normalization!r}")
         self.kl_warmup_steps = int(loss_cfg["kl_warmup_steps"])
+        self.alpha = float(loss_cfg.get("alpha", 1.0))  # JointMVAE's unimodal-KL weight
         # Loaded here, not inside a traced function: restoring a checkpoint needs concrete arrays.
-        self.tokenizers = self._load_tokenizers()
+        self.tokenizers = FrozenTokenizers(config) if self.feature_kind == "vq" else None
+        self.cached = self.feature_kind == "vq" and bool(config["data"].get("feature_cache", True))
+        self.scaling = str(config.get("feature_scaling", "none"))
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"config key feature_scaling must be one of {SCALINGS}, got {self.scaling!r}")
+        self._stats: dict[str, np.ndarray] | None = None  # set by training_source
 
     @property
     def module(self):
         return self._module
 
     @property
+    def inputs(self) -> tuple[str, ...]:
+        """The modalities the model reads: ("audio", "visual"), or a DSAE's one."""
+        return (self._module.modality,) if self.family == "dsae" else ("audio", "visual")
+
+    @property
+    def dims(self) -> dict[str, int]:
+        if self.family == "dsae":
+            return {self._module.modality: self._module.dim_x}
+        return {"audio": self._module.dim_audio, "visual": self._module.dim_visual}
+
+    @property
     def pipeline(self) -> PipelineSpec:
+        if self.cached:
+            return self._pipeline_from_config("feature_windows", ("x_audio", "x_visual"))
         return self._pipeline_from_config("windows", ("audio", "video"))
 
-    def _load_tokenizers(self) -> dict:
-        """The frozen audio and visual tokenizers (avrep.load_checkpoint) named by config.tokenizers."""
-        from avrep.training.checkpointing import load_checkpoint  # tasks are imported by checkpointing
+    def training_source(self, source, workdir: str):
+        """VQ features with ``data.feature_cache``: the features of every training utterance, computed
+        once by process 0 into ``data.feature_cache_dir`` (default <workdir>/feature_cache/<split>).
+        With ``feature_scaling: standardize``, also the per-dimension input statistics."""
+        if self.cached:
+            directory = self.feature_cache_dir(workdir, str(self.config["data"]["train_split"]))
+            if jax.process_index() == 0:
+                build_feature_cache(directory, self.tokenizers, source,
+                                    min_frames=self.pipeline.frames_per_example)
+            if jax.process_count() > 1:  # the cache directory must be on a filesystem every process sees
+                multihost_utils.sync_global_devices("avrep:feature_cache")
+            source = FeatureSource(directory)
+        if self.scaling == "standardize":
+            self._stats = self._feature_stats(source)
+        return source
 
-        loaded = {}
-        for modality in ("audio", "visual"):
-            path = str(self.config["tokenizers"][modality])
-            if not path:
-                raise ValueError(f"config key tokenizers.{modality} is empty: expected the run directory of a "
-                                 f"trained {modality} VQ-VAE (e.g. W/vqvae_{modality})")
-            model = load_checkpoint(path)
-            if model.config.get("task") != "vqvae" or model.config.model.modality != modality:
-                raise ValueError(f"config key tokenizers.{modality}={path} is a "
-                                 f"{model.config.get('task')}/{model.config.model.get('modality')} run; "
-                                 f"expected a {modality} VQ-VAE")
-            loaded[modality] = model
-        return loaded
+    def feature_cache_dir(self, workdir: str, split: str) -> str:
+        """Where a split's VQ features are cached: ``data.feature_cache_dir`` for the training split if set
+        (e.g. shared between runs on the same tokenizers), else <workdir>/feature_cache/<split>."""
+        shared = str(self.config["data"].get("feature_cache_dir", ""))
+        if shared and split == str(self.config["data"]["train_split"]):
+            return shared
+        return os.path.join(workdir, "feature_cache", split)
 
-    def features(self, batch) -> tuple[jax.Array, jax.Array]:
-        """(x_audio [B, T, 512], x_visual [B, T, 2048]): frozen pre-quantisation features."""
-        audio, visual = self.tokenizers["audio"], self.tokenizers["visual"]
-        b, t = batch["video"].shape[:2]
-        power = audio_frames_to_power(batch["audio"], self.config["audio"])  # [B*T, 513]
-        z_a = audio.module.apply(audio.variables, power, method="encode")
-        z_v = visual.module.apply(visual.variables, video_to_model_range(batch["video"]), method="encode")
-        x_audio = jax.lax.stop_gradient(channel_major(z_a)).reshape(b, t, -1)
-        x_visual = jax.lax.stop_gradient(channel_major(z_v)).reshape(b, t, -1)
-        return x_audio, x_visual
+    def _feature_stats(self, source, max_utterances: int = 256) -> dict[str, np.ndarray]:
+        """Per-dimension mean and std of the inputs over (up to ``max_utterances``) training utterances."""
+        idx = np.linspace(0, len(source) - 1, min(len(source), max_utterances)).astype(int)
+        if isinstance(source, FeatureSource):
+            frames = [(source[i]["x_audio"], source[i]["x_visual"]) for i in idx]
+        else:
+            utts = (utterance_frames(source[i], self.config["audio"], f"{source.description}: record {i}")
+                    for i in idx)
+            frames = list(iter_utterance_features(self.encode_frames, utts))
+        stats = {}
+        for k, m in enumerate(("audio", "visual")):
+            if m in self.inputs:
+                x = np.concatenate([f[k] for f in frames]).astype(np.float64)
+                stats[f"{m}_mean"] = x.mean(0).astype(np.float32)
+                stats[f"{m}_std"] = np.maximum(x.std(0), 1e-3 * x.std(0).mean() + 1e-8).astype(np.float32)
+        return stats
+
+    def scale(self, variables, x: dict[str, jax.Array], inverse: bool = False) -> dict[str, jax.Array]:
+        """Standardised inputs (``feature_scaling``), or back with ``inverse``; identity for "none"."""
+        if self.scaling == "none":
+            return x
+        stats = variables[STATS]
+        if inverse:
+            return {m: v * stats[f"{m}_std"] + stats[f"{m}_mean"] if m in self.inputs else v for m, v in x.items()}
+        return {m: (v - stats[f"{m}_mean"]) / stats[f"{m}_std"] if m in self.inputs else v for m, v in x.items()}
+
+    @staticmethod
+    def module_variables(variables) -> dict:
+        """The variables the Flax module reads (without the input statistics)."""
+        return {k: v for k, v in variables.items() if k != STATS}
+
+    def dummy_batch(self) -> dict:
+        if not self.cached:
+            return super().dummy_batch()
+        t = self.pipeline.frames_per_example
+        return {f"x_{m}": jnp.zeros((2, t, self.tokenizers.dims[m])) for m in ("audio", "visual")}
+
+    def features(self, batch) -> dict[str, jax.Array]:
+        """{"audio": [B, T, ·], "visual": [B, T, ·]}: the model's input features of a batch."""
+        if "x_audio" in batch:  # cached
+            return {"audio": batch["x_audio"], "visual": batch["x_visual"]}
+        if self.feature_kind == "vq":
+            x_a, x_v = self.tokenizers.encode_batch(batch)
+        else:
+            x_a, x_v = raw_features(batch, self.config["audio"])
+        return {"audio": x_a, "visual": x_v}
+
+    def encode_frames(self, windows: jax.Array, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-frame audio windows [N, n_fft] and uint8 frames [N, H, W, 3] -> input features [N, ·]."""
+        if self.tokenizers is not None:
+            return self.tokenizers.encode_frames(windows, video)
+        return _raw(audio_frames_to_power(windows, self.config["audio"]), video)
+
+    def decode_frames(self, x_audio: jax.Array, x_visual: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Model outputs [N, ·] (either may be None) -> (power [N, 513], images [N, H, W, 3] in [0, 1])."""
+        if self.tokenizers is not None:
+            power, images = self.tokenizers.decode(x_audio, x_visual)
+        else:
+            size = int(self.config["data"]["image_size"])
+            power = None if x_audio is None else jnp.exp(x_audio)
+            images = None if x_visual is None else x_visual.reshape(-1, size, size, 3)
+        return power, None if images is None else jnp.clip(images + 0.5, 0.0, 1.0)
+
+    def model_inputs(self, x: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+        return tuple(x[m] for m in self.inputs)
 
     def init_variables(self, rng, batch):
         # Only the feature sizes matter for initialisation: no tokenizer needed.
         t = self.pipeline.frames_per_example
-        x_audio = jnp.zeros((2, t, self._module.dim_audio))
-        x_visual = jnp.zeros((2, t, self._module.dim_visual))
+        x = {m: jnp.zeros((2, t, d)) for m, d in self.dims.items()}
         params_rng, sample_rng = jax.random.split(rng)
-        return dict(self._module.init({"params": params_rng, "sample": sample_rng}, x_audio, x_visual))
+        variables = dict(self._module.init({"params": params_rng, "sample": sample_rng}, *self.model_inputs(x)))
+        if self.scaling != "none":  # placeholders until training_source has measured them (restores overwrite)
+            stats = self._stats or {f"{m}_{k}": np.full(d, 0.0 if k == "mean" else 1.0, np.float32)
+                                    for m, d in self.dims.items() for k in ("mean", "std")}
+            variables[STATS] = {k: jnp.asarray(v) for k, v in stats.items()}
+        return variables
 
     def kl_weight(self, step: jax.Array) -> jax.Array:
         """beta: linear KL warm-up from 0 to 1 over ``loss.kl_warmup_steps`` (0: always 1)."""
@@ -90,17 +205,20 @@ class MDVAETask(Task):
         return jnp.minimum(1.0, step.astype(jnp.float32) / self.kl_warmup_steps)
 
     def loss(self, params, model_state, batch, rng, step):
-        x_audio, x_visual = self.features(batch)
-        out = self._module.apply({"params": params, **model_state}, x_audio, x_visual, rngs={"sample": rng})
+        x = self.scale(model_state, self.features(batch))
+        out = self._module.apply({"params": params, **self.module_variables(model_state)}, *self.model_inputs(x),
+                                 rngs={"sample": rng})
         beta = self.kl_weight(step)
-        terms = mdvae_loss(out, {"audio": x_audio, "visual": x_visual}, beta=beta,
-                           normalization=self.normalization)
+        if self.family == "jointmvae":
+            terms = jointmvae_loss(out, x, beta=beta, alpha=self.alpha, normalization=self.normalization)
+        else:
+            terms = mdvae_loss(out, x, beta=beta, normalization=self.normalization)
         loss = terms.pop("loss")
-        finite = jnp.all(jnp.isfinite(x_audio)) & jnp.all(jnp.isfinite(x_visual))
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x[m])) for m in self.inputs]))
         metrics = dict(terms, kl_weight=beta, features_finite=finite.astype(jnp.float32))
         return loss, (metrics, dict(model_state))
 
     def apply_fn(self, variables, *args, **kwargs):
-        """MDVAE inference on feature sequences: posterior means (``sample=False``) unless told."""
+        """Inference on (scaled, see ``scale``) feature sequences: posterior means (``sample=False``) unless told."""
         kwargs.setdefault("sample", False)
-        return self._module.apply(variables, *args, **kwargs)
+        return self._module.apply(self.module_variables(variables), *args, **kwargs)

@@ -7,21 +7,9 @@ import jax.numpy as jnp
 from avrep import audio as audio_lib
 from avrep.models.vqvae import build_vqvae
 from avrep.nn.losses import itakura_saito_from_log, mse
+from avrep.training.features import audio_frames_to_power, video_to_model_range
 from avrep.training.tasks.base import Task
 from data_pipelines.pipelines import PipelineSpec
-
-
-def audio_frames_to_power(windows: jax.Array, audio_cfg) -> jax.Array:
-    """[..., n_fft] waveform windows -> [prod(...), bins] linear power spectrum frames."""
-    power = audio_lib.power_spectrogram(windows, n_fft=int(audio_cfg["n_fft"]), hop=int(audio_cfg["hop"]),
-                                        window=str(audio_cfg["window"]), center=False)
-    return power.reshape(-1, power.shape[-1])
-
-
-def video_to_model_range(video: jax.Array) -> jax.Array:
-    """uint8 [..., H, W, 3] -> float32 [N, H, W, 3] in [-0.5, 0.5] (the papers' Normalize(0.5, 1))."""
-    x = video.astype(jnp.float32) / 255.0 - 0.5
-    return x.reshape(-1, *x.shape[-3:])
 
 
 def augment_images(x: jax.Array, rng: jax.Array, hflip: bool, color_jitter: float) -> jax.Array:

@@ -1,0 +1,1069 @@
+"""VQ-MAE-AV and VQ-MAE-S: masked autoencoders on VQ-VAE index grids, and their SER heads.
+
+Spec: spec/vqmae.md §1.4 (token grid), §2 (masking, embedding), §3 (blocks, SAF / CAF
+fusion, global tokens, decoder), §4 (losses), §5 (fine-tuning heads, asymmetric loss),
+§8 (VQ-MAE-S), §10 (discrepancies). "[code]" marks choices taken from the authors'
+PyTorch code where the thesis is silent (spec header).
+
+**Tokens** (spec §1.4). The frozen VQ-VAEs give index grids: audio ``[B, T_a, D']``
+(D' = 64 indices per spectrogram frame, 256 codes) and visual ``[B, T_v, H', W']``
+(24 × 24 per face frame, 512 codes). A token is a block of indices: audio t_a × d =
+10 × 4 = 40 indices, visual t_v × h × w = 5 × 4 × 4 = 80 indices. Tokens are ordered
+time-group major (then frequency, or row then column); inside a token the indices are
+ordered (frequency / row, column, time), the authors' einops layout, so that their
+checkpoints' position embeddings line up. Each index is replaced by a row of a
+trainable table (256 × 8 audio, 512 × 4 visual) and the rows of one token are
+concatenated: 40 · 8 = 80 · 4 = 320 = the transformer width, with no extra patch
+projection (a ValueError names the fields if indices × code dim ≠ width). Learned
+position embeddings (one row per token of the longest clip, ``*_frames``) and a
+learned modality embedding are added. A shorter clip (a whole number of token windows)
+uses the first rows of the position embeddings: with the time-major order these are
+exactly its tokens. A 2 s clip (100 audio, 50 visual frames) gives 160 + 360 tokens.
+
+**Masking with static shapes** (spec §2). Whole tokens are masked, uniformly at random
+("patch") or whole time groups of tokens at once ("frame": all frequency bands of a
+10-frame audio window, all 36 spatial tokens of a 5-frame visual window). The masking
+ratio is fixed or, for VQ-MAE-AV, coupled: (p_a, p_v) ~ Dir(1, 1), so p_a + p_v = 1.
+The number of visible tokens is round(N(1 - p)) (the code's rule), which depends on
+the drawn ratio; jit needs static shapes, so :func:`sample_masking` sorts the tokens by
+noise (MAE's shuffle) and hands the encoder a buffer of a *static* number of slots
+(``max_visible``): the first ``num_visible`` slots hold the visible tokens, the others
+are padding, marked invalid and excluded as attention keys (so they never influence
+a valid token; valid outputs equal those of an encoder run on the visible tokens
+alone, which the tests check). With a fixed ratio the buffer is exactly the visible
+set (no padding, MAE's full saving); with Dirichlet ratios it holds every token of
+the modality. Why not one fixed total across both modalities (MAE / scenic's
+av_mae)? With p_a + p_v = 1 the visible total N_a(1 - p_a) + N_v p_a still varies
+(160 to 360 tokens), and the CAF streams are per modality anyway; a per-modality
+buffer with a validity mask is the one layout that serves SAF and CAF and every ratio
+without recompiling. The same trick bounds the masked tokens: the loss gathers a
+static ``N - min_visible`` slots from the masked end of the shuffle. Different ratio
+draws therefore never change a shape (compiled once; tested).
+
+Dirichlet ratios are drawn per example by default (``ratio_per_example``; the code
+draws once per batch, which ``False`` reproduces; the thesis does not say). A
+modality keeps at least ``min_visible`` masking units (default 1) so that its global
+token is always defined; this only changes draws with p > 1 - 1/(2N). The masking
+noise and the Dirichlet draw come from the ``"mask"`` RNG stream
+(``apply(..., rngs={"mask": key})``); ``mask_ratio=`` at call time overrides them
+(e.g. the 0-90 % reconstruction sweep of Fig. C.1) without recompiling.
+
+**Blocks** (spec §3.1-3.2). Pre-LN ViT blocks (timm ``Block``): width 320, 4 heads,
+MLP ratio 2, exact GELU, LayerNorm eps 1e-5 (PyTorch's). SAF: the two visible
+sequences are concatenated and go through one stack (then a final LayerNorm in the
+encoder). CAF: per modality, one cross-attention block with query = own tokens and
+key = value = the visible tokens of both modalities, then a separate L-block stack
+per modality (each with its own final LayerNorm in the encoder). The cross-attention
+block is the authors' ``out = q + LN(MLP(MHA(q, kv, kv)))`` (one LayerNorm, no
+residual around the attention): it is what the spec describes and what the thesis
+parameter counts contain. The decoder replaces the encoder outputs in their
+original places among one shared learned mask token, adds its own position and
+modality embeddings, runs L' blocks with the same fusion options and no final
+LayerNorm (§3.4). The code's decoder CAF applies the *visual* cross-attention to the
+audio stream too (§3.2, a bug); here each modality uses its own (same parameter
+count).
+
+**Global tokens** (§3.3). Attention pooling with a learned query (N(0, 1) init, as
+the code): ``a = q + MHA(q, z, z); w = a + LN(MLP(a))``, one per modality, over the
+encoder outputs of the visible tokens. ``global_tokens=False`` drops them (the
+thesis's "without contrastive learning" models, whose sizes Tables 5.4 and C.1
+give).
+
+**Logits only at masked positions** (§3.4, §4). The decoder output of each masked
+token is gathered first; then it is split into its indices (320 = 40 × 8 or 80 × 4)
+and each chunk goes through the per-index Linear(e → k). ``all_logits=True`` computes
+the logits of every token instead (for reconstructions); the loss is the same
+(tested). :func:`vqmae_loss`: cross-entropy averaged over the masked indices of the
+batch, per modality, the two terms summed (§4; a modality with nothing masked adds
+0, as the code), plus the InfoNCE between the global tokens (NT-Xent: cosine
+similarity, τ = 0.5, the 2B - 2 other items of the batch as negatives, both
+directions, [code]; the thesis gives no τ).
+
+**VQ-MAE-S** (§8): the audio branch alone, with a [CLS] token prepended after
+masking (no position embedding in the encoder, decoder position 0), fixed ratio,
+"frame" (best in Table C.3) or "patch" masking, a 200-frame clip (320 tokens), MLP
+ratio 4 (the code's timm default; the thesis gives no size). The mask ratio default
+0.8 is my choice (the code ships 50-90 % checkpoints; the thesis gives none).
+
+**Fine-tuning** (§5). :class:`VQMAEClassifier` wraps a pre-trained model's encoder
+(``backbone.encode``: no masking, no decoder) with a head: "mean" (per-modality mean
+of the tokens, concatenated, Linear), "attention" (the global tokens, reused when the
+backbone has them, else new poolings), "query2emo" (:class:`Query2Emo`: learned
+per-class queries attend over all tokens; PyTorch ``nn.Transformer`` layers, post-norm,
+8 heads, FFN 2048, [code]; 1 encoder and 1 decoder layer as the thesis says, the code
+has 2 decoder layers), or "cls" (VQ-MAE-S's [CLS] token). Its parameters sit under
+``backbone`` with the pre-trained model's names, so a pre-trained ``params`` tree
+(minus ``decoder``) drops in. :func:`asymmetric_loss` is the code's ``ASLSingleLabel``
+(γ+ = 0, γ- = 4, label smoothing 0.1). No dropout anywhere (timm's and the
+pre-training defaults are 0; nn.Transformer's 0.1 in Query2Emo is left out).
+
+**Sizes.** With the defaults and ``global_tokens=False``: SAF-SAF 13,507,520,
+CAF-SAF 25,024,960, SAF-CAF 18,442,560, CAF-CAF 29,960,000 parameters (thesis Table
+5.4: 13.5 / 25.0 / 18.4 / 30.0 M); SAF-SAF with 6 / 16 / 20 encoder blocks:
+8,571,200 / 16,798,400 / 20,089,280 (Table C.1: 8.5 / 16.8 / 20.2 M). All are within
+0.1 M of the thesis except depth 20 (-0.111 M). Each block adds 822,720, so 6 -> 20
+blocks adds 11.52 M where Table C.1 says 11.7 M; to put all four depths within 0.1 M
+the model would need 11-29 k more depth-independent parameters than the spec's
+structure has (or ~640 more per block: e.g. timm's LayerScale, which the authors'
+``Block(320, 4, mlp_ratio=2.0)`` does not enable). Neither is in the spec, so
+neither is added: Table C.1 is taken to be slightly off (its 8.5 is also 0.07 M
+below the structure's 8.57).
+
+**Inputs.** Index grids must be integers with the configured frequency / spatial
+sizes, a whole number (≥ 1) of token windows in time, at most ``*_frames`` frames,
+and the same number of token windows in both modalities (same duration); a
+ValueError names the argument and field. Index values cannot be checked under jit:
+call :func:`check_indices` on the host (the models call it themselves when their
+inputs are concrete, i.e. outside jit). Under jit an out-of-range index (negative
+ones included) embeds as NaN, so the loss turns NaN instead of silently wrapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from avrep.models.config import check_choice
+
+FUSIONS = ("saf", "caf")
+MASKINGS = ("dirichlet", "fixed")
+MASK_UNITS = ("patch", "frame")
+POOLINGS = ("mean", "attention", "query2emo", "cls")
+MASK_RNG = "mask"
+MODALITIES = ("audio", "visual")
+
+_LN_EPS = 1e-5  # PyTorch's LayerNorm default (timm Block, nn.Transformer)
+_dense_init = nn.initializers.xavier_uniform()  # MAE / timm ViT Linear init
+_pos_init = nn.initializers.truncated_normal(stddev=0.02)
+
+
+# ------------------------------------------------------------ tokenisation ---
+
+
+def _check_windows(where: str, frames: int, window: int, field: str) -> None:
+    if frames < window:
+        raise ValueError(f"{where}: a clip of {frames} frames is too short for one token window "
+                         f"({field}={window} frames)")
+    if frames % window:
+        raise ValueError(f"{where}: {frames} frames is not a whole number of token windows "
+                         f"({field}={window}); crop or pad the clip to a multiple of {window}")
+
+
+def _check_divisible(where: str, size: int, what: str, patch: int, field: str) -> None:
+    if size % patch:
+        raise ValueError(f"{where}: {what} {size} is not a multiple of {field}={patch}")
+
+
+def tokenize_audio(indices, patch_time: int = 10, patch_freq: int = 4):
+    """Audio index grid [B, T, D'] -> tokens [B, (T/t)(D'/d), d·t].
+
+    Token n = (time group, frequency group), time-group major; inside a token the
+    indices run (frequency, time): the code's ``'b (t1 t2) (c1 l1) -> b (t1 c1) (l1 t2)'``.
+    """
+    if jnp.ndim(indices) != 3:
+        raise ValueError(f"tokenize_audio: indices have shape {jnp.shape(indices)}; expected [batch, "
+                         f"frames, bins]")
+    b, t, f = indices.shape
+    _check_windows("tokenize_audio", t, patch_time, "patch_time")
+    _check_divisible("tokenize_audio", f, "bins", patch_freq, "patch_freq")
+    x = indices.reshape(b, t // patch_time, patch_time, f // patch_freq, patch_freq)
+    x = x.transpose(0, 1, 3, 4, 2)
+    return x.reshape(b, (t // patch_time) * (f // patch_freq), patch_freq * patch_time)
+
+
+def untokenize_audio(tokens, bins: int, patch_time: int = 10, patch_freq: int = 4):
+    """Inverse of :func:`tokenize_audio`: [B, N, d·t, *rest] -> [B, T, D', *rest]
+    (``rest``: e.g. the codebook axis of logits)."""
+    b, n = tokens.shape[:2]
+    rest = tokens.shape[3:]
+    groups = bins // patch_freq
+    n_t = n // groups
+    x = tokens.reshape(b, n_t, groups, patch_freq, patch_time, *rest)
+    perm = (0, 1, 4, 2, 3) + tuple(range(5, 5 + len(rest)))
+    return x.transpose(perm).reshape(b, n_t * patch_time, bins, *rest)
+
+
+def tokenize_visual(indices, patch_time: int = 5, patch_size: int = 4):
+    """Visual index grid [B, T, H', W'] -> tokens [B, (T/t)(H'/h)(W'/w), h·w·t].
+
+    Token n = (time group, row group, column group); inside a token the indices run
+    (row, column, time): the code's ``'b (t1 t2) (c1 l1 c2 l2) -> b (t1 c1 c2) (l1 l2 t2)'``.
+    """
+    if jnp.ndim(indices) != 4:
+        raise ValueError(f"tokenize_visual: indices have shape {jnp.shape(indices)}; expected "
+                         f"[batch, frames, height, width]")
+    b, t, h, w = indices.shape
+    p = patch_size
+    _check_windows("tokenize_visual", t, patch_time, "patch_time")
+    _check_divisible("tokenize_visual", h, "height", p, "patch_size")
+    _check_divisible("tokenize_visual", w, "width", p, "patch_size")
+    x = indices.reshape(b, t // patch_time, patch_time, h // p, p, w // p, p)
+    x = x.transpose(0, 1, 3, 5, 4, 6, 2)
+    return x.reshape(b, (t // patch_time) * (h // p) * (w // p), p * p * patch_time)
+
+
+def untokenize_visual(tokens, height: int, width: int, patch_time: int = 5, patch_size: int = 4):
+    """Inverse of :func:`tokenize_visual`: [B, N, h·w·t, *rest] -> [B, T, H', W', *rest]."""
+    b, n = tokens.shape[:2]
+    rest = tokens.shape[3:]
+    p = patch_size
+    rows, cols = height // p, width // p
+    n_t = n // (rows * cols)
+    x = tokens.reshape(b, n_t, rows, cols, p, p, patch_time, *rest)
+    perm = (0, 1, 6, 2, 4, 3, 5) + tuple(range(7, 7 + len(rest)))
+    return x.transpose(perm).reshape(b, n_t * patch_time, height, width, *rest)
+
+
+def check_indices(indices, num_codes: int, where: str) -> None:
+    """Host-side check that VQ indices are integers in [0, num_codes).
+
+    jit cannot raise on values, so call this where the data is still concrete (data
+    loading, before the jitted step); the models call it themselves when run outside
+    jit. Raises TypeError for a traced or non-integer array, ValueError naming
+    ``where`` and the first offending position otherwise.
+    """
+    if isinstance(indices, jax.core.Tracer):
+        raise TypeError(f"{where}: check_indices needs concrete values; call it on the host, outside "
+                        f"jit (a jitted function cannot raise on values)")
+    a = np.asarray(indices)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{where}: VQ indices must be integers, got dtype {a.dtype}")
+    if a.size == 0:
+        return
+    bad = (a < 0) | (a >= num_codes)
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{where}: VQ indices must lie in [0, {num_codes}) (the codebook size); found "
+                         f"values in [{a.min()}, {a.max()}], e.g. {a[pos]} at position {pos}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grid:
+    """One modality's index grid and token layout (static; built from a model's fields)."""
+
+    name: str  # "audio" or "visual"
+    owner: str  # model class name, for errors
+    max_frames: int
+    spatial: tuple[int, ...]  # (bins,) or (height, width)
+    patch_time: int
+    patch_space: int  # d, or h = w
+    num_codes: int
+    code_dim: int
+    frames_field: str
+
+    @property
+    def indices_per_token(self) -> int:
+        return self.patch_time * self.patch_space ** len(self.spatial)
+
+    @property
+    def tokens_per_window(self) -> int:
+        return math.prod(s // self.patch_space for s in self.spatial)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.max_frames // self.patch_time * self.tokens_per_window
+
+    def check(self, width: int, prefix: str) -> None:
+        """ValueErrors naming the fields of a layout that cannot work."""
+        where = self.owner
+        for size, what in zip(self.spatial, ("height", "width") if len(self.spatial) == 2 else ("bins",)):
+            _check_divisible(where, size, f"{prefix}_{what}", self.patch_space,
+                             f"{prefix}_patch_{'freq' if self.name == 'audio' else 'size'}")
+        if self.max_frames < self.patch_time or self.max_frames % self.patch_time:
+            raise ValueError(f"{where}.{self.frames_field}={self.max_frames} must be a positive multiple of "
+                             f"{prefix}_patch_time={self.patch_time}")
+        if self.indices_per_token * self.code_dim != width:
+            raise ValueError(f"{where}: a {self.name} token holds {self.indices_per_token} indices × "
+                             f"{prefix}_code_dim={self.code_dim} = {self.indices_per_token * self.code_dim} "
+                             f"values, but width={width}; they must be equal (the concatenated "
+                             f"embeddings are the token, spec §2)")
+
+    def tokenize(self, x):
+        """Checks an index grid against the layout; returns its tokens [B, N, indices_per_token]."""
+        where = self.owner
+        shape = tuple(jnp.shape(x))
+        expected = (len(self.spatial) + 2, *self.spatial)
+        if len(shape) != expected[0] or shape[2:] != self.spatial:
+            dims = ", ".join(str(s) for s in self.spatial)
+            raise ValueError(f"{where}: {self.name} indices have shape {shape}; expected [batch, frames, "
+                             f"{dims}]")
+        if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
+            raise TypeError(f"{where}: {self.name} indices must be integers, got {jnp.result_type(x)}")
+        frames = shape[1]
+        _check_windows(f"{where} ({self.name})", frames, self.patch_time, "patch_time")
+        if frames > self.max_frames:
+            raise ValueError(f"{where}: {self.name} clip has {frames} frames, more than "
+                             f"{self.frames_field}={self.max_frames} (the position embeddings' length)")
+        if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer):
+            check_indices(x, self.num_codes, f"{where} {self.name}")
+        if len(self.spatial) == 1:
+            return tokenize_audio(x, self.patch_time, self.patch_space)
+        return tokenize_visual(x, self.patch_time, self.patch_space)
+
+
+# ----------------------------------------------------------------- masking ---
+
+
+class Masking(NamedTuple):
+    """One modality's masking, with static shapes (N tokens, K encoder slots, M target slots).
+
+    order [B, N]: token ids shuffled, visible ones first. restore [B, N]: position of
+    each token in ``order``. num_visible [B]: visible tokens. keep [B, K] = order[:, :K]:
+    tokens fed to the encoder; valid [B, K]: slot holds a visible token (the rest is
+    padding). masked [B, N]: token is masked. masked_ids [B, M] = order[:, N-M:]: tokens
+    whose logits are computed; masked_valid [B, M]: that token is really masked.
+    """
+
+    order: jax.Array
+    restore: jax.Array
+    num_visible: jax.Array
+    keep: jax.Array
+    valid: jax.Array
+    masked: jax.Array
+    masked_ids: jax.Array
+    masked_valid: jax.Array
+
+
+def num_visible_units(ratio, num_units: int, min_units: int = 0, max_units: int | None = None):
+    """round(num_units · (1 - ratio)) clipped to [min_units, max_units] (the code's rule).
+
+    Host-side (NumPy, float64) for Python floats, traced otherwise.
+    """
+    max_units = num_units if max_units is None else max_units
+    if isinstance(ratio, (int, float)):
+        return int(np.clip(np.round(num_units * (1.0 - ratio)), min_units, max_units))
+    n = jnp.round(num_units * (1.0 - jnp.asarray(ratio, jnp.float32)))
+    return jnp.clip(n, min_units, max_units).astype(jnp.int32)
+
+
+def sample_masking(key, ratio, *, batch: int, num_units: int, unit_size: int = 1,
+                   min_visible_units: int = 0, max_visible_units: int | None = None) -> Masking:
+    """Random masking of ``num_units`` units of ``unit_size`` consecutive tokens each.
+
+    ``unit_size=1`` is token ("patch") masking; whole time windows ("frame") are units
+    of ``tokens_per_window`` tokens (the token order is time-window major). ``ratio``:
+    the masked fraction, a scalar or [batch], traced or not. The visible count
+    round(num_units(1 - ratio)) is clipped to [min_visible_units, max_visible_units];
+    these two *static* bounds fix every shape: K = max_visible_units · unit_size
+    encoder slots and M = N - min_visible_units · unit_size target slots. Equal bounds
+    give an exact, padding-free buffer (a fixed ratio known in advance).
+    """
+    max_visible_units = num_units if max_visible_units is None else max_visible_units
+    if not 0 <= min_visible_units <= max_visible_units <= num_units:
+        raise ValueError(f"sample_masking: need 0 <= min_visible_units ({min_visible_units}) <= "
+                         f"max_visible_units ({max_visible_units}) <= num_units ({num_units})")
+    n_tokens = num_units * unit_size
+    ratio = jnp.broadcast_to(jnp.asarray(ratio, jnp.float32), (batch,))
+    n_vis = num_visible_units(ratio, num_units, min_visible_units, max_visible_units) * unit_size
+    unit_order = jnp.argsort(jax.random.uniform(key, (batch, num_units)), axis=1)
+    order = (unit_order[:, :, None] * unit_size + jnp.arange(unit_size)).reshape(batch, n_tokens)
+    order = order.astype(jnp.int32)
+    restore = jnp.argsort(order, axis=1).astype(jnp.int32)
+    k = max_visible_units * unit_size
+    m = n_tokens - min_visible_units * unit_size
+    slots = jnp.arange(n_tokens)
+    return Masking(order=order, restore=restore, num_visible=n_vis, keep=order[:, :k],
+                   valid=slots[:k] < n_vis[:, None], masked=restore >= n_vis[:, None],
+                   masked_ids=order[:, n_tokens - m:],
+                   masked_valid=slots[n_tokens - m:] >= n_vis[:, None])
+
+
+def _gather(x, ids):
+    """x [B, N, ...] at ids [B, K] -> [B, K, ...]."""
+    ids = ids.reshape(ids.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, ids, axis=1)
+
+
+def _unshuffle(z, valid, masking: Masking, mask_token):
+    """Encoder slots back in token order, the mask token everywhere else: [B, N, D]."""
+    b, k, d = z.shape
+    n = masking.order.shape[1]
+    z = jnp.where(valid[..., None], z, mask_token)
+    z = jnp.concatenate([z, jnp.broadcast_to(mask_token, (b, n - k, d))], axis=1)
+    return _gather(z, masking.restore)
+
+
+# ------------------------------------------------------------------ blocks ---
+
+
+def _layer_norm(name=None):
+    return nn.LayerNorm(epsilon=_LN_EPS, name=name)
+
+
+def _attention(num_heads: int, name=None):
+    return nn.MultiHeadDotProductAttention(num_heads=num_heads, kernel_init=_dense_init, name=name)
+
+
+def _key_mask(valid):
+    """[B, K] key validity -> [B, 1, 1, K] attention mask (None: all keys)."""
+    return None if valid is None else valid[:, None, None, :]
+
+
+class MLP(nn.Module):
+    """Linear(hidden) -> exact GELU -> Linear(width): timm's ``Mlp``."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.gelu(nn.Dense(self.hidden, kernel_init=_dense_init, name="fc1")(x), approximate=False)
+        return nn.Dense(x.shape[-1], kernel_init=_dense_init, name="fc2")(h)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (timm ``Block``): x + MHSA(LN(x)), then x + MLP(LN(x)).
+
+    ``valid`` [B, N] excludes padding slots as keys (their own outputs are ignored
+    downstream).
+    """
+
+    num_heads: int
+    mlp_ratio: float
+
+    @nn.compact
+    def __call__(self, x, valid=None):
+        h = _layer_norm("norm1")(x)
+        x = x + _attention(self.num_heads, "attn")(h, h, mask=_key_mask(valid))
+        return x + MLP(int(self.mlp_ratio * x.shape[-1]), name="mlp")(_layer_norm("norm2")(x))
+
+
+class CrossAttentionBlock(nn.Module):
+    """The authors' cross-attention block: a = MHA(q, kv, kv); out = q + LN(MLP(a)).
+
+    ``residual_attention=True`` is their pooling variant: a = q + MHA(q, kv, kv);
+    out = a + LN(MLP(a)). One LayerNorm either way (spec §3.2).
+    """
+
+    num_heads: int
+    mlp_ratio: float
+    residual_attention: bool = False
+
+    @nn.compact
+    def __call__(self, q, kv, kv_valid=None):
+        a = _attention(self.num_heads, "attn")(q, kv, kv, mask=_key_mask(kv_valid))
+        if self.residual_attention:
+            a = a + q
+        base = a if self.residual_attention else q
+        return base + _layer_norm("norm")(MLP(int(self.mlp_ratio * q.shape[-1]), name="mlp")(a))
+
+
+class Stack(nn.Module):
+    """``depth`` Blocks, then a LayerNorm if ``final_norm``."""
+
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    final_norm: bool
+
+    @nn.compact
+    def __call__(self, x, valid=None):
+        for i in range(self.depth):
+            x = Block(self.num_heads, self.mlp_ratio, name=f"block_{i}")(x, valid)
+        return _layer_norm("norm")(x) if self.final_norm else x
+
+
+def _concat_valid(a, v, valid_a, valid_v):
+    if valid_a is None and valid_v is None:
+        return None
+    ones = lambda x: jnp.ones(x.shape[:2], bool)  # noqa: E731
+    return jnp.concatenate([ones(a) if valid_a is None else valid_a,
+                            ones(v) if valid_v is None else valid_v], axis=1)
+
+
+class Fusion(nn.Module):
+    """SAF or CAF over an audio and a visual token sequence (spec §3.2).
+
+    "saf": one shared Stack over concat(audio, visual). "caf": per modality a
+    CrossAttentionBlock (query = own tokens, key = value = both modalities' tokens),
+    then a per-modality Stack.
+    """
+
+    kind: str
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    final_norm: bool
+
+    def __post_init__(self):
+        check_choice(self, "kind", FUSIONS)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, a, v, valid_a=None, valid_v=None):
+        n_a = a.shape[1]
+        both = jnp.concatenate([a, v], axis=1)
+        both_valid = _concat_valid(a, v, valid_a, valid_v)
+        stack = lambda name: Stack(self.depth, self.num_heads, self.mlp_ratio, self.final_norm,  # noqa: E731
+                                   name=name)
+        if self.kind == "saf":
+            x = stack("stack")(both, both_valid)
+            return x[:, :n_a], x[:, n_a:]
+        cross = lambda name: CrossAttentionBlock(self.num_heads, self.mlp_ratio, name=name)  # noqa: E731
+        a = stack("audio_stack")(cross("audio_cross")(a, both, both_valid), valid_a)
+        v = stack("visual_stack")(cross("visual_cross")(v, both, both_valid), valid_v)
+        return a, v
+
+
+class AttentionPooling(nn.Module):
+    """Global token w = CrossAttentionBlock(residual)(learned query, z) (spec §3.3, CaiT).
+
+    z [B, N, D], valid [B, N] or None -> [B, D].
+    """
+
+    num_heads: int
+    mlp_ratio: float
+
+    @nn.compact
+    def __call__(self, z, valid=None):
+        query = self.param("query", nn.initializers.normal(1.0), (1, z.shape[-1]))
+        q = jnp.broadcast_to(query, (z.shape[0], 1, z.shape[-1]))
+        return CrossAttentionBlock(self.num_heads, self.mlp_ratio, residual_attention=True,
+                                   name="block")(q, z, valid)[:, 0]
+
+
+class TokenEmbedding(nn.Module):
+    """Index tokens [B, N, n] -> [B, N, n·code_dim]: one trainable row per index, concatenated.
+
+    Out-of-range indices (negative ones included) give NaN rows rather than wrapping
+    or clamping, so a bad index shows up in the loss even under jit.
+    """
+
+    num_codes: int
+    code_dim: int
+
+    @nn.compact
+    def __call__(self, tokens):
+        table = self.param("embedding", nn.initializers.normal(1.0), (self.num_codes, self.code_dim))
+        tokens = jnp.where(tokens < 0, self.num_codes, tokens)
+        x = jnp.take(table, tokens, axis=0, mode="fill", fill_value=jnp.nan)
+        return x.reshape(*tokens.shape[:-1], tokens.shape[-1] * self.code_dim)
+
+
+def _prediction(head, y, tokens, masking: Masking, grid: _Grid, all_logits: bool):
+    """Logits of the masked tokens' indices, their targets and which slots count."""
+    if all_logits:
+        sel, targets, target_mask = y, tokens, masking.masked
+    else:
+        ids = masking.masked_ids
+        sel, targets, target_mask = _gather(y, ids), _gather(tokens, ids), masking.masked_valid
+    b, m = sel.shape[:2]
+    logits = head(sel.reshape(b, m, grid.indices_per_token, grid.code_dim))
+    return {"logits": logits, "targets": targets, "target_mask": target_mask}
+
+
+# ------------------------------------------------------------- VQ-MAE-AV ---
+
+
+class _AVEncoder(nn.Module):
+    grids: tuple[_Grid, _Grid]
+    width: int
+    depth: int
+    fusion: str
+    num_heads: int
+    mlp_ratio: float
+
+    @nn.compact
+    def __call__(self, tokens: Mapping[str, jax.Array], maskings: Mapping[str, Masking] | None):
+        xs, valid = {}, {}
+        for g in self.grids:
+            x = TokenEmbedding(g.num_codes, g.code_dim, name=f"{g.name}_embedding")(tokens[g.name])
+            pos = self.param(f"{g.name}_pos", _pos_init, (g.max_tokens, self.width))
+            modality = self.param(f"{g.name}_modality", _pos_init, (self.width,))
+            x = x + pos[:x.shape[1]] + modality
+            if maskings is not None:
+                x = _gather(x, maskings[g.name].keep)
+            xs[g.name] = x
+            valid[g.name] = None if maskings is None else maskings[g.name].valid
+        z_a, z_v = Fusion(self.fusion, self.depth, self.num_heads, self.mlp_ratio, final_norm=True,
+                          name="fusion")(xs["audio"], xs["visual"], valid["audio"], valid["visual"])
+        return {"audio": z_a, "visual": z_v}, valid
+
+
+class _AVDecoder(nn.Module):
+    grids: tuple[_Grid, _Grid]
+    width: int
+    depth: int
+    fusion: str
+    num_heads: int
+    mlp_ratio: float
+
+    @nn.compact
+    def __call__(self, z, valid, maskings: Mapping[str, Masking], tokens, all_logits: bool):
+        mask_token = self.param("mask_token", _pos_init, (self.width,))
+        xs = {}
+        for g in self.grids:
+            x = _unshuffle(z[g.name], valid[g.name], maskings[g.name], mask_token)
+            pos = self.param(f"{g.name}_pos", _pos_init, (g.max_tokens, self.width))
+            modality = self.param(f"{g.name}_modality", _pos_init, (self.width,))
+            xs[g.name] = x + pos[:x.shape[1]] + modality
+        ys = Fusion(self.fusion, self.depth, self.num_heads, self.mlp_ratio, final_norm=False,
+                    name="fusion")(xs["audio"], xs["visual"])
+        out = {}
+        for g, y in zip(self.grids, ys):
+            head = nn.Dense(g.num_codes, kernel_init=_dense_init, name=f"{g.name}_head")
+            out[g.name] = _prediction(head, y, tokens[g.name], maskings[g.name], g, all_logits)
+        return out
+
+
+def _ratio_override(mask_ratio, batch: int, owner: str, columns: int):
+    """A call-time ratio (scalar, [columns] or [batch, columns]) -> [batch, columns]."""
+    r = jnp.asarray(mask_ratio, jnp.float32)
+    if r.ndim == 0 or r.shape == (columns,) or r.shape == (batch, columns):
+        return jnp.broadcast_to(r, (batch, columns))
+    raise ValueError(f"{owner}: mask_ratio has shape {r.shape}; expected a scalar, [{columns}] or "
+                     f"[{batch}, {columns}]")
+
+
+def _check_masking_fields(module) -> None:
+    check_choice(module, "mask_unit", MASK_UNITS)
+    if not 0.0 <= module.mask_ratio <= 1.0:
+        raise ValueError(f"{type(module).__name__}.mask_ratio={module.mask_ratio}: expected a masked "
+                         f"fraction in [0, 1]")
+    if module.min_visible < 0:
+        raise ValueError(f"{type(module).__name__}.min_visible={module.min_visible}: expected >= 0")
+    if module.width % module.num_heads:
+        raise ValueError(f"{type(module).__name__}: width={module.width} is not a multiple of "
+                         f"num_heads={module.num_heads}")
+
+
+def _mask_modality(module, key, ratio, grid: _Grid, num_tokens: int, batch: int, exact: bool):
+    """Masking of one modality; ``exact``: the ratio is the static ``mask_ratio`` field."""
+    unit = grid.tokens_per_window if module.mask_unit == "frame" else 1
+    units = num_tokens // unit
+    lo = min(module.min_visible, units)
+    hi = units
+    if exact:  # a fixed ratio known at trace time: an exact, padding-free buffer
+        lo = hi = num_visible_units(float(module.mask_ratio), units, lo, units)
+    return sample_masking(key, ratio, batch=batch, num_units=units, unit_size=unit,
+                          min_visible_units=lo, max_visible_units=hi)
+
+
+class VQMAEAV(nn.Module):
+    """VQ-MAE-AV (see module doc). Defaults: the thesis's final model (CAF-CAF, Dirichlet).
+
+    ``__call__(audio, visual)`` (pre-training forward; needs the ``"mask"`` RNG) returns
+    {"audio" | "visual": {"logits" [B, M, n, k], "targets" [B, M, n], "target_mask"
+    [B, M], "masked" [B, N], "mask_fraction" [B]}, "global": {"audio" | "visual":
+    [B, width]} (if ``global_tokens``)}; feed it to :func:`vqmae_loss`. ``encode``
+    gives every token's encoder output, unmasked, for fine-tuning.
+    """
+
+    # Index grids (spec §1.4; clip length [code]: 2 s).
+    audio_frames: int = 100
+    audio_bins: int = 64
+    visual_frames: int = 50
+    visual_height: int = 24
+    visual_width: int = 24
+    audio_patch_time: int = 10
+    audio_patch_freq: int = 4
+    visual_patch_time: int = 5
+    visual_patch_size: int = 4
+    audio_codes: int = 256
+    audio_code_dim: int = 8
+    visual_codes: int = 512
+    visual_code_dim: int = 4
+    # Transformer (spec §3).
+    width: int = 320
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    encoder_depth: int = 12
+    decoder_depth: int = 4
+    encoder_fusion: str = "caf"
+    decoder_fusion: str = "caf"
+    global_tokens: bool = True  # attention-pooled w_a, w_v (needed for the contrastive loss)
+    # Masking (spec §2).
+    masking: str = "dirichlet"  # or "fixed" (mask_ratio for both modalities)
+    mask_ratio: float = 0.8
+    dirichlet_alpha: tuple[float, float] = (1.0, 1.0)
+    mask_unit: str = "patch"  # or "frame"
+    ratio_per_example: bool = True  # False: one Dirichlet draw per batch, as the code
+    min_visible: int = 1  # masking units always left visible per modality
+
+    def __post_init__(self):
+        check_choice(self, "encoder_fusion", FUSIONS)
+        check_choice(self, "decoder_fusion", FUSIONS)
+        check_choice(self, "masking", MASKINGS)
+        _check_masking_fields(self)
+        if len(self.dirichlet_alpha) != 2 or min(self.dirichlet_alpha) <= 0:
+            raise ValueError(f"VQMAEAV.dirichlet_alpha={self.dirichlet_alpha}: expected two positive "
+                             f"concentrations (audio, visual)")
+        for g, prefix in zip(self._grids(), ("audio", "visual")):
+            g.check(self.width, prefix)
+        super().__post_init__()
+
+    def _grids(self) -> tuple[_Grid, _Grid]:
+        owner = type(self).__name__
+        return (_Grid("audio", owner, self.audio_frames, (self.audio_bins,), self.audio_patch_time,
+                      self.audio_patch_freq, self.audio_codes, self.audio_code_dim, "audio_frames"),
+                _Grid("visual", owner, self.visual_frames, (self.visual_height, self.visual_width),
+                      self.visual_patch_time, self.visual_patch_size, self.visual_codes,
+                      self.visual_code_dim, "visual_frames"))
+
+    def setup(self):
+        grids = self._grids()
+        common = dict(grids=grids, width=self.width, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio)
+        self.encoder = _AVEncoder(depth=self.encoder_depth, fusion=self.encoder_fusion, **common)
+        self.decoder = _AVDecoder(depth=self.decoder_depth, fusion=self.decoder_fusion, **common)
+        if self.global_tokens:
+            self.audio_pool = AttentionPooling(self.num_heads, self.mlp_ratio)
+            self.visual_pool = AttentionPooling(self.num_heads, self.mlp_ratio)
+
+    def tokenize(self, audio, visual):
+        """Checked index grids -> {"audio": [B, N_a, 40], "visual": [B, N_v, 80]}."""
+        g_a, g_v = self._grids()
+        tokens = {"audio": g_a.tokenize(audio), "visual": g_v.tokenize(visual)}
+        if audio.shape[0] != visual.shape[0]:
+            raise ValueError(f"VQMAEAV: audio batch {audio.shape[0]} != visual batch {visual.shape[0]}")
+        w_a, w_v = audio.shape[1] // g_a.patch_time, visual.shape[1] // g_v.patch_time
+        if w_a != w_v:
+            raise ValueError(f"VQMAEAV: audio has {w_a} token windows ({audio.shape[1]} frames / "
+                             f"audio_patch_time={g_a.patch_time}) but visual has {w_v} ({visual.shape[1]} "
+                             f"frames / visual_patch_time={g_v.patch_time}); the clips must cover the "
+                             f"same duration")
+        return tokens
+
+    def _pool(self, z, valid):
+        return {"audio": self.audio_pool(z["audio"], valid["audio"]),
+                "visual": self.visual_pool(z["visual"], valid["visual"])}
+
+    def sample_masking(self, tokens, mask_ratio=None):
+        """Maskings of both modalities (``"mask"`` RNG) -> ({name: Masking}, ratios [B, 2])."""
+        batch = tokens["audio"].shape[0]
+        k_ratio, k_a, k_v = jax.random.split(self.make_rng(MASK_RNG), 3)
+        exact = mask_ratio is None and self.masking == "fixed"
+        if mask_ratio is not None:
+            ratio = _ratio_override(mask_ratio, batch, "VQMAEAV", 2)
+        elif self.masking == "dirichlet":
+            shape = (batch,) if self.ratio_per_example else ()
+            alpha = jnp.asarray(self.dirichlet_alpha, jnp.float32)
+            ratio = jnp.broadcast_to(jax.random.dirichlet(k_ratio, alpha, shape), (batch, 2))
+        else:
+            ratio = jnp.full((batch, 2), self.mask_ratio, jnp.float32)
+        maskings = {g.name: _mask_modality(self, k, ratio[:, i], g, tokens[g.name].shape[1], batch, exact)
+                    for i, (g, k) in enumerate(zip(self._grids(), (k_a, k_v)))}
+        return maskings, ratio
+
+    def __call__(self, audio, visual, *, mask_ratio=None, all_logits: bool = False):
+        """Masked pre-training forward pass.
+
+        audio [B, T_a, audio_bins], visual [B, T_v, visual_height, visual_width]: VQ
+        indices. mask_ratio: None (the configured masking), or masked fractions
+        overriding it: a scalar, (p_a, p_v) or [B, 2] (may be traced). all_logits:
+        logits of every token instead of the masked ones only.
+        """
+        tokens = self.tokenize(audio, visual)
+        maskings, _ = self.sample_masking(tokens, mask_ratio)
+        z, valid = self.encoder(tokens, maskings)
+        out = self.decoder(z, valid, maskings, tokens, all_logits)
+        for name, m in maskings.items():
+            n = m.order.shape[1]
+            out[name].update(masked=m.masked, mask_fraction=1.0 - m.num_visible / n)
+        if self.global_tokens:
+            out["global"] = self._pool(z, valid)
+        return out
+
+    def encode(self, audio, visual, *, pool: bool = True):
+        """Unmasked encoder: {"tokens": {"audio": [B, N_a, D], "visual": [B, N_v, D]},
+        "global": {...} (if ``global_tokens`` and ``pool``)}."""
+        z, valid = self.encoder(self.tokenize(audio, visual), None)
+        out = {"tokens": z}
+        if self.global_tokens and pool:
+            out["global"] = self._pool(z, valid)
+        return out
+
+
+# -------------------------------------------------------------- VQ-MAE-S ---
+
+
+class _SEncoder(nn.Module):
+    grid: _Grid
+    width: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+
+    @nn.compact
+    def __call__(self, tokens, masking: Masking | None):
+        g = self.grid
+        x = TokenEmbedding(g.num_codes, g.code_dim, name="embedding")(tokens)
+        pos = self.param("pos", _pos_init, (g.max_tokens, self.width))
+        x = x + pos[:x.shape[1]]
+        valid = None
+        if masking is not None:
+            x, valid = _gather(x, masking.keep), masking.valid
+        cls = self.param("cls", _pos_init, (self.width,))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
+        if valid is not None:
+            valid = jnp.concatenate([jnp.ones((x.shape[0], 1), bool), valid], axis=1)
+        z = Stack(self.depth, self.num_heads, self.mlp_ratio, final_norm=True, name="stack")(x, valid)
+        return z[:, 0], z[:, 1:], None if valid is None else valid[:, 1:]
+
+
+class _SDecoder(nn.Module):
+    grid: _Grid
+    width: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+
+    @nn.compact
+    def __call__(self, cls, z, valid, masking: Masking, tokens, all_logits: bool):
+        g = self.grid
+        mask_token = self.param("mask_token", _pos_init, (self.width,))
+        pos = self.param("pos", _pos_init, (g.max_tokens + 1, self.width))  # [CLS] at 0
+        x = jnp.concatenate([cls[:, None], _unshuffle(z, valid, masking, mask_token)], axis=1)
+        x = x + pos[:x.shape[1]]
+        y = Stack(self.depth, self.num_heads, self.mlp_ratio, final_norm=False, name="stack")(x)[:, 1:]
+        head = nn.Dense(g.num_codes, kernel_init=_dense_init, name="head")
+        return _prediction(head, y, tokens, masking, g, all_logits)
+
+
+class VQMAES(nn.Module):
+    """VQ-MAE-S: the audio-only VQ-MAE with a [CLS] token (spec §8; see module doc).
+
+    ``__call__(audio)`` returns {"audio": {...as VQMAEAV...}, "cls": [B, width]};
+    ``encode(audio)`` returns {"tokens": {"audio": [B, N, D]}, "cls": [B, D]}.
+    """
+
+    audio_frames: int = 200
+    audio_bins: int = 64
+    audio_patch_time: int = 10
+    audio_patch_freq: int = 4
+    audio_codes: int = 256
+    audio_code_dim: int = 8
+    width: int = 320
+    num_heads: int = 4
+    mlp_ratio: float = 4.0  # [code] timm default; the thesis gives no size for VQ-MAE-S
+    encoder_depth: int = 12
+    decoder_depth: int = 4
+    mask_unit: str = "frame"  # best in Table C.3; or "patch" (Patch-tf)
+    mask_ratio: float = 0.8
+    min_visible: int = 1
+
+    def __post_init__(self):
+        _check_masking_fields(self)
+        self._grid().check(self.width, "audio")
+        super().__post_init__()
+
+    def _grid(self) -> _Grid:
+        return _Grid("audio", type(self).__name__, self.audio_frames, (self.audio_bins,),
+                     self.audio_patch_time, self.audio_patch_freq, self.audio_codes, self.audio_code_dim,
+                     "audio_frames")
+
+    def setup(self):
+        common = dict(grid=self._grid(), width=self.width, num_heads=self.num_heads,
+                      mlp_ratio=self.mlp_ratio)
+        self.encoder = _SEncoder(depth=self.encoder_depth, **common)
+        self.decoder = _SDecoder(depth=self.decoder_depth, **common)
+
+    def __call__(self, audio, *, mask_ratio=None, all_logits: bool = False):
+        """Masked forward pass; ``mask_ratio`` (scalar or [B], may be traced) overrides
+        the fixed ratio, ``all_logits`` as in :class:`VQMAEAV`."""
+        tokens = self._grid().tokenize(audio)
+        batch = tokens.shape[0]
+        exact = mask_ratio is None
+        if exact:
+            ratio = self.mask_ratio
+        else:
+            ratio = jnp.asarray(mask_ratio, jnp.float32)
+            if ratio.shape not in ((), (batch,)):
+                raise ValueError(f"VQMAES: mask_ratio has shape {ratio.shape}; expected a scalar or "
+                                 f"[{batch}]")
+        masking = _mask_modality(self, self.make_rng(MASK_RNG), ratio, self._grid(), tokens.shape[1],
+                                 batch, exact)
+        cls, z, valid = self.encoder(tokens, masking)
+        out = self.decoder(cls, z, valid, masking, tokens, all_logits)
+        out.update(masked=masking.masked, mask_fraction=1.0 - masking.num_visible / tokens.shape[1])
+        return {"audio": out, "cls": cls}
+
+    def encode(self, audio):
+        cls, z, _ = self.encoder(self._grid().tokenize(audio), None)
+        return {"tokens": {"audio": z}, "cls": cls}
+
+
+# ------------------------------------------------------------------ losses ---
+
+
+def masked_cross_entropy(logits, targets, target_mask):
+    """Mean cross-entropy over the indices of the slots where ``target_mask`` is True.
+
+    logits [B, M, n, k], targets [B, M, n], target_mask [B, M]. 0 if nothing is masked
+    (the code sets that NaN to 0).
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    w = jnp.broadcast_to(target_mask[..., None], ce.shape)
+    return jnp.sum(jnp.where(w, ce, 0.0)) / jnp.maximum(jnp.sum(w), 1)
+
+
+def info_nce(u, v, temperature: float = 0.5):
+    """NT-Xent between paired rows of u, v [B, D] (spec §4 [code], SimCLR).
+
+    Cosine similarities / τ; for each of the 2B items the positive is its partner and
+    the 2B - 2 other items are negatives; the mean over the 2B items.
+    """
+    b = u.shape[0]
+    z = jnp.concatenate([u, v], axis=0).astype(jnp.float32)
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    sim = (z @ z.T) / temperature
+    sim = jnp.where(jnp.eye(2 * b, dtype=bool), -jnp.inf, sim)
+    partner = jnp.concatenate([jnp.arange(b) + b, jnp.arange(b)])
+    return jnp.mean(jax.nn.logsumexp(sim, axis=1) - sim[jnp.arange(2 * b), partner])
+
+
+def vqmae_loss(outputs: Mapping[str, Any], *, temperature: float = 0.5,
+               contrastive_weight: float = 1.0):
+    """L = Σ_modality CE(masked indices) + contrastive_weight · InfoNCE(w_a, w_v) (Eq. 5.5).
+
+    ``outputs``: a VQMAEAV or VQMAES forward pass. Returns (loss, {"ce_audio",
+    ["ce_visual", "nce"]}); the InfoNCE term is there when the outputs have global
+    tokens and ``contrastive_weight`` is not 0.
+    """
+    terms = {}
+    for name in MODALITIES:
+        if name in outputs:
+            o = outputs[name]
+            terms[f"ce_{name}"] = masked_cross_entropy(o["logits"], o["targets"], o["target_mask"])
+    loss = sum(terms.values())
+    if "global" in outputs and contrastive_weight:
+        terms["nce"] = info_nce(outputs["global"]["audio"], outputs["global"]["visual"], temperature)
+        loss = loss + contrastive_weight * terms["nce"]
+    return loss, terms
+
+
+def asymmetric_loss(logits, labels, *, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
+                    eps: float = 0.1):
+    """Single-label asymmetric loss (Ridnik et al. 2021), the code's ``ASLSingleLabel``.
+
+    With p = softmax(logits): the log-probability of the true class is weighted by
+    (1 - p)^γ+, that of every other class by p^γ-, the one-hot target is smoothed to
+    (1 - eps)·onehot + eps/C, and the loss is -Σ target · weight · log p, averaged
+    over the batch. γ+ = γ- = eps = 0 is the cross-entropy.
+    """
+    num_classes = logits.shape[-1]
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    p = jnp.exp(log_p)
+    onehot = jax.nn.one_hot(labels, num_classes)
+
+    def focus(base, gamma):  # base**0 == 1, with a finite gradient at base == 0
+        return jnp.ones_like(base) if gamma == 0 else base ** gamma
+
+    weight = jnp.where(onehot > 0, focus(1.0 - p, gamma_pos), focus(p, gamma_neg))
+    target = onehot * (1.0 - eps) + eps / num_classes
+    return jnp.mean(-jnp.sum(target * weight * log_p, axis=-1))
+
+
+# ----------------------------------------------------------- fine-tuning ---
+
+
+class _PostNormLayer(nn.Module):
+    """PyTorch ``TransformerEncoderLayer`` / ``TransformerDecoderLayer`` (post-norm, ReLU)
+    without dropout; a decoder layer when ``memory`` is given."""
+
+    num_heads: int
+    mlp_dim: int
+
+    @nn.compact
+    def __call__(self, x, memory=None, memory_valid=None):
+        x = _layer_norm("norm1")(x + _attention(self.num_heads, "self_attn")(x, x))
+        if memory is not None:
+            attn = _attention(self.num_heads, "cross_attn")(x, memory, memory, mask=_key_mask(memory_valid))
+            x = _layer_norm("norm2")(x + attn)
+        h = nn.Dense(self.mlp_dim, kernel_init=_dense_init, name="fc1")(x)
+        h = nn.Dense(x.shape[-1], kernel_init=_dense_init, name="fc2")(nn.relu(h))
+        return _layer_norm("norm3")(x + h)
+
+
+class Query2Emo(nn.Module):
+    """Query2Emo head (after Query2Label): learned per-class queries attend over all tokens.
+
+    tokens [B, N, D] (both modalities' encoder outputs, concatenated) -> transformer
+    encoder layers -> a decoder whose queries are C learned label embeddings
+    (U[0, 1) init, [code]) -> the C outputs concatenated -> Linear(C·D -> C).
+    """
+
+    num_classes: int
+    num_heads: int = 8
+    encoder_layers: int = 1
+    decoder_layers: int = 1  # thesis; the code uses 2
+    mlp_dim: int = 2048  # nn.Transformer's default feed-forward size [code]
+
+    @nn.compact
+    def __call__(self, tokens, valid=None):
+        b, _, d = tokens.shape
+        memory = tokens
+        for i in range(self.encoder_layers):
+            memory = _PostNormLayer(self.num_heads, self.mlp_dim, name=f"encoder_{i}")(memory)
+        memory = _layer_norm("encoder_norm")(memory)
+        labels = self.param("label_embedding", nn.initializers.uniform(1.0), (self.num_classes, d))
+        q = jnp.broadcast_to(labels, (b, self.num_classes, d))
+        for i in range(self.decoder_layers):
+            q = _PostNormLayer(self.num_heads, self.mlp_dim, name=f"decoder_{i}")(q, memory, valid)
+        q = _layer_norm("decoder_norm")(q)
+        return nn.Dense(self.num_classes, kernel_init=_dense_init, name="classifier")(
+            q.reshape(b, self.num_classes * d))
+
+
+class VQMAEClassifier(nn.Module):
+    """A pre-trained VQMAEAV / VQMAES encoder with an SER head (spec §5; see module doc).
+
+    ``backbone``: the pre-training model (its fields; its decoder is never used, so
+    its parameters are not created). ``pooling``: "mean", "attention", "query2emo" or
+    "cls" (VQMAES only). ``__call__(audio[, visual])`` -> logits [B, num_classes].
+    """
+
+    backbone: nn.Module
+    num_classes: int
+    pooling: str = "query2emo"
+    query2emo_heads: int = 8
+    query2emo_encoder_layers: int = 1
+    query2emo_decoder_layers: int = 1
+    query2emo_mlp_dim: int = 2048
+
+    def __post_init__(self):
+        check_choice(self, "pooling", POOLINGS)
+        if not isinstance(self.backbone, (VQMAEAV, VQMAES)):
+            raise TypeError(f"VQMAEClassifier.backbone: expected a VQMAEAV or VQMAES, got "
+                            f"{type(self.backbone).__name__}")
+        if self.pooling == "cls" and not isinstance(self.backbone, VQMAES):
+            raise ValueError("VQMAEClassifier.pooling='cls' needs a VQMAES backbone (VQMAEAV has no "
+                             "[CLS] token; use 'attention')")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, audio, visual=None):
+        bb = self.backbone
+        if isinstance(bb, VQMAEAV):
+            if visual is None:
+                raise ValueError("VQMAEClassifier: a VQMAEAV backbone needs visual indices")
+            feats = bb.encode(audio, visual, pool=self.pooling == "attention")
+        else:
+            feats = bb.encode(audio)
+        streams = [feats["tokens"][m] for m in MODALITIES if m in feats["tokens"]]
+        if self.pooling == "query2emo":
+            return Query2Emo(self.num_classes, self.query2emo_heads, self.query2emo_encoder_layers,
+                             self.query2emo_decoder_layers, self.query2emo_mlp_dim,
+                             name="query2emo")(jnp.concatenate(streams, axis=1))
+        if self.pooling == "mean":
+            pooled = [s.mean(axis=1) for s in streams]
+        elif self.pooling == "cls":
+            pooled = [feats["cls"]]
+        elif "global" in feats:  # attention, pre-trained global tokens
+            pooled = [feats["global"][m] for m in MODALITIES]
+        else:  # attention pooling initialised here
+            pooled = [AttentionPooling(bb.num_heads, bb.mlp_ratio, name=f"{m}_pool")(s)
+                      for m, s in zip(MODALITIES, streams)]
+        return nn.Dense(self.num_classes, kernel_init=_dense_init, name="head")(
+            jnp.concatenate(pooled, axis=-1))
+
+
+def count_params(tree) -> int:
+    """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
