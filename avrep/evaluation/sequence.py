@@ -73,11 +73,25 @@ class SequenceModel:
         self._encode, self._decode = jax.jit(encode), jax.jit(decode)
         self._continue = jax.jit(continue_sequence, static_argnums=3)
         self._to_signals = jax.jit(task.decode_frames)
+        self._encode_frames = jax.jit(task.encode_frames)  # compiled once, reused by every features() call
 
     # ------------------------------------------------------------------ features
     def features(self, utterances: Iterable[dict]) -> list[dict[str, np.ndarray]]:
         """``utterance_frames`` dicts -> per-utterance input features {"audio": [n, ·], "visual": [n, ·]}."""
-        return [{"audio": a, "visual": v} for a, v in iter_utterance_features(self.task.encode_frames, utterances)]
+        return [{"audio": a, "visual": v} for a, v in iter_utterance_features(self._encode_frames, utterances)]
+
+    def _read(self, source, indices: Iterable[int]) -> tuple[list[dict], list[dict], list[int]]:
+        """(metadata, ``utterance_frames``) of the records at ``indices`` with >= T frames, and the others."""
+        metas, utts, skipped = [], [], []
+        for i in indices:
+            record = source[i]
+            utt = utterance_frames(record, self.config.audio, f"{source.description}: record {i}")
+            if utt["num_frames"] < self.t:
+                skipped.append(i)
+            else:
+                metas.append(record_meta(record, i))
+                utts.append(utt)
+        return metas, utts, skipped
 
     def split_features(self, source, *, limit: int | None = None, indices: Iterable[int] | None = None
                        ) -> tuple[list[dict], list[dict], list[int]]:
@@ -85,31 +99,19 @@ class SequenceModel:
         features, and the records skipped for being shorter than T."""
         if indices is None:
             indices = range(len(source) if limit is None else min(limit, len(source)))
-        utts, skipped = [], []
-        for i in indices:
-            utt = utterance_frames(source[i], self.config.audio, f"{source.description}: record {i}")
-            if utt["num_frames"] < self.t:
-                skipped.append(i)
-            else:
-                utts.append(utt)
+        _, utts, skipped = self._read(source, indices)
         return utts, self.features(utts), skipped
 
     def split_latent_inputs(self, source, *, cache_dir: str) -> tuple[list[dict], list[dict[str, np.ndarray]]]:
         """Features of every utterance of a split with >= T frames, and per utterance its id and labels
-        ({utterance_id, speaker_index, emotion, intensity}). VQ features go through the run's feature
+        ({utterance_id, speaker, emotion, intensity}). VQ features go through the run's feature
         cache (built once, reused by later evaluations)."""
         if self.task.tokenizers is not None:
             cache = build_feature_cache(cache_dir, self.task.tokenizers, source, min_frames=self.t)
-            meta = cache.index["utterances"]
-            return meta, [{"audio": r["x_audio"], "visual": r["x_visual"]} for r in (cache[i] for i in range(len(cache)))]
-        meta, utts = [], []
-        for i in range(len(source)):
-            record = source[i]
-            utt = utterance_frames(record, self.config.audio, f"{source.description}: record {i}")
-            if utt["num_frames"] >= self.t:
-                meta.append(record_meta(record, i))
-                utts.append(utt)
-        return meta, self.features(utts)
+            records = (cache[i] for i in range(len(cache)))
+            return cache.index["utterances"], [{"audio": r["x_audio"], "visual": r["x_visual"]} for r in records]
+        metas, utts, _ = self._read(source, range(len(source)))
+        return metas, self.features(utts)
 
     # ------------------------------------------------------------------ latents
     def _batched(self, fn, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -562,7 +562,8 @@ def _prediction(head, y, tokens, masking: Masking, grid: _Grid, all_logits: bool
 # ------------------------------------------------------------- VQ-MAE-AV ---
 
 
-class _AVEncoder(nn.Module):
+class _AVStack(nn.Module):
+    """The fields the VQ-MAE-AV encoder and decoder share."""
     grids: tuple[_Grid, _Grid]
     width: int
     depth: int
@@ -570,6 +571,8 @@ class _AVEncoder(nn.Module):
     num_heads: int
     mlp_ratio: float
 
+
+class _AVEncoder(_AVStack):
     @nn.compact
     def __call__(self, tokens: Mapping[str, jax.Array], maskings: Mapping[str, Masking] | None):
         xs, valid = {}, {}
@@ -587,14 +590,7 @@ class _AVEncoder(nn.Module):
         return {"audio": z_a, "visual": z_v}, valid
 
 
-class _AVDecoder(nn.Module):
-    grids: tuple[_Grid, _Grid]
-    width: int
-    depth: int
-    fusion: str
-    num_heads: int
-    mlp_ratio: float
-
+class _AVDecoder(_AVStack):
     @nn.compact
     def __call__(self, z, valid, maskings: Mapping[str, Masking], tokens, all_logits: bool):
         mask_token = self.param("mask_token", _pos_init, (self.width,))

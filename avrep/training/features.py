@@ -139,11 +139,13 @@ def iter_utterance_features(encode_frames: Callable, utterances: Iterable[dict],
                             chunk: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Features (x_audio [n, ·], x_visual [n, ·]) of each ``utterance_frames`` dict, in order.
 
-    ``encode_frames(windows [C, n_fft], video [C, H, W, 3])`` is frame-wise (e.g.
-    ``FrozenTokenizers.encode_frames``). Frames of ``group`` utterances are concatenated and encoded
-    in fixed chunks of ``chunk`` frames (one compiled shape; padding wastes < one chunk per group).
+    ``encode_frames(windows [C, n_fft], video [C, H, W, 3])`` is a jitted frame-wise function (e.g.
+    ``jax.jit(FrozenTokenizers.encode_frames)``), compiled once by the caller and reused: a fresh
+    ``jax.jit`` per call would recompile the encoders every time. Frames of ``group`` utterances are
+    concatenated and encoded in fixed chunks of ``chunk`` frames (one compiled shape; padding wastes
+    < one chunk per group).
     """
-    encode = jax.jit(encode_frames)
+    encode = encode_frames
 
     def flush(pending):
         windows = np.concatenate([u["windows"] for u in pending])
@@ -237,7 +239,7 @@ def build_feature_cache(directory: str, tokenizers: FrozenTokenizers, source, *,
     offset = 0
     files = {m: open(os.path.join(tmp, f"{m}.f32"), "wb") for m in MODALITIES}
     try:
-        for k, (x_a, x_v) in enumerate(iter_utterance_features(tokenizers.encode_frames, frames())):
+        for k, (x_a, x_v) in enumerate(iter_utterance_features(jax.jit(tokenizers.encode_frames), frames())):
             if not (np.all(np.isfinite(x_a)) and np.all(np.isfinite(x_v))):
                 raise DataError(f"{source.description}: record {utterances[k]['record']} gives non-finite "
                                 f"tokenizer features (check the tokenizer checkpoints {tokenizers.paths})")

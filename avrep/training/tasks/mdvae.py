@@ -124,11 +124,11 @@ class SequenceVAETask(Task):
         """Per-dimension mean and std of the inputs over (up to ``max_utterances``) training utterances."""
         idx = np.linspace(0, len(source) - 1, min(len(source), max_utterances)).astype(int)
         if isinstance(source, FeatureSource):
-            frames = [(source[i]["x_audio"], source[i]["x_visual"]) for i in idx]
+            frames = [(r["x_audio"], r["x_visual"]) for r in (source[i] for i in idx)]
         else:
             utts = (utterance_frames(source[i], self.config["audio"], f"{source.description}: record {i}")
                     for i in idx)
-            frames = list(iter_utterance_features(self.encode_frames, utts))
+            frames = list(iter_utterance_features(jax.jit(self.encode_frames), utts))
         stats = {}
         for k, m in enumerate(("audio", "visual")):
             if m in self.inputs:
