@@ -63,7 +63,7 @@ def stage2_config(name: str, task: str, model: dict, *, smoke: bool, raw: bool) 
     # Inputs: "vq" the tokenizers' features; "raw" log power spectra and pixels.
     c.features = "raw" if raw else "vq"
     # VQ features computed once into a cache (3x faster on CPU) instead of in every step; the cache lives
-    # in <workdir>/feature_cache/<split> unless feature_cache_dir names another (shared) one.
+    # in <workdir>/feature_cache/<split>, or <feature_cache_dir>/<split> if set (shared between runs).
     c.data.feature_cache = True
     c.data.feature_cache_dir = ""
     # "none": features as they come (the papers); "standardize": per-dimension mean / std of the training
@@ -84,3 +84,57 @@ def stage2_config(name: str, task: str, model: dict, *, smoke: bool, raw: bool) 
         c.optimizer.warmup_steps = 2
         c.train.update(num_steps=8, log_every=4, checkpoint_every=4)
     return c
+
+
+def vqmae_config(name: str, task: str, *, smoke: bool, paper: bool) -> ml_collections.ConfigDict:
+    """A VQ-MAE run (pre-training or fine-tuning) on the VQ-MAE setting's frozen tokenizers' index grids.
+
+    CPU-sized unless ``paper``: clips of 1 s (25 video, 50 audio frames; the thesis's code uses 2 s) and
+    a narrower, shallower transformer (set by the configs). AdamW (0.9, 0.95), weight decay 0.05, cosine
+    schedule with warm-up (spec §5, §9).
+    """
+    c = base_config("vqmae", smoke)
+    c.name, c.task = name, task
+    # Run directories of the frozen VQ-MAE-setting tokenizers (configs/vqvae_*.py:vqmae; the pipeline fills them).
+    c.tokenizers = ml_collections.ConfigDict(dict(audio="", visual=""))
+    # Index grids are cached per split in <feature_cache_dir or workdir/feature_cache>/<split>.
+    c.data.feature_cache_dir = ""
+    c.data.frames_per_example = 50 if paper else 25  # video frames per clip (audio: twice as many)
+    c.data.examples_per_batch = 128 if paper else 16
+    c.optimizer = ml_collections.ConfigDict(dict(name="adamw", learning_rate=5e-4, b1=0.9, b2=0.95,
+                                                 weight_decay=0.05, schedule="cosine", warmup_steps=100,
+                                                 final_fraction=0.0))
+    if smoke:
+        c.data.frames_per_example, c.data.examples_per_batch = 10, 8
+        c.optimizer.warmup_steps = 2
+        c.train.update(num_steps=6, log_every=2, checkpoint_every=3)
+    return c
+
+
+def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> dict:
+    """Fields of a VQ-MAE module (avrep.training.tasks.vqmae.MODELS[kind]).
+
+    Paper: width 320 (40 audio indices x 8, 80 visual x 4), 4 heads, MLP ratio 2, 12 / 4 blocks. CPU:
+    width 160 (index embeddings of 4 and 2), 4 / 2 blocks; smoke: width 80, 1 / 1 block.
+    """
+    if smoke:
+        size, dims = dict(width=80, num_heads=2, encoder_depth=1, decoder_depth=1), dict(audio_code_dim=2,
+                                                                                          visual_code_dim=1)
+    elif paper:
+        size, dims = dict(width=320, num_heads=4, encoder_depth=12, decoder_depth=4), dict(audio_code_dim=8,
+                                                                                             visual_code_dim=4)
+    else:
+        size, dims = dict(width=160, num_heads=4, encoder_depth=4, decoder_depth=2), dict(audio_code_dim=4,
+                                                                                            visual_code_dim=2)
+    frames = 50 if paper else (10 if smoke else 25)
+    model = dict(kind=kind, mlp_ratio=2.0, **size)
+    if kind in ("av", "audio"):
+        model.update(audio_frames=2 * frames, audio_bins=64, audio_codes=256, audio_code_dim=dims["audio_code_dim"])
+    if kind in ("av", "visual"):
+        model.update(visual_frames=frames, visual_height=24, visual_width=24, visual_codes=512,
+                     visual_code_dim=dims["visual_code_dim"])
+    if kind == "av":
+        model.update(encoder_fusion=fusion, decoder_fusion=fusion, masking="dirichlet", global_tokens=True)
+    else:
+        model.update(mask_unit="frame" if kind == "audio" else "patch", mask_ratio=0.8)
+    return model

@@ -165,18 +165,35 @@ class _RandomWindow(grain.transforms.RandomMap):
 
 
 class _RandomFeatureWindow(grain.transforms.RandomMap):
-    """One window of T consecutive frames of cached per-frame features (avrep.training.features)."""
+    """One window of T consecutive video frames (and the r * T audio frames beside them) of cached
+    per-frame tokenizer outputs (avrep.training.features.FeatureSource), with the record's ``labels``.
 
-    def __init__(self, num_frames: int, where: str):
-        self.t, self.where = num_frames, where
+    An utterance shorter than T is an error, or with ``wrap_short`` repeated from its start until it fills
+    the window (the VQ-MAE code's wrap padding for short fine-tuning clips).
+    """
+
+    def __init__(self, num_frames: int, keys: Sequence[str], labels: Sequence[str], wrap_short: bool,
+                 where: str):
+        self.t, self.keys, self.labels = num_frames, tuple(keys), tuple(labels)
+        self.wrap_short, self.where = wrap_short, where
 
     def random_map(self, record, rng: np.random.Generator):
-        n = len(record["x_audio"])
-        if n < self.t:
+        n = len(record["x_visual"])
+        if n < self.t and not self.wrap_short:
             raise DataError(f"{self.where}: utterance {record.get('utterance_id', '?')!r} has {n} frames, "
                             f"fewer than the window of {self.t}")
-        t0 = int(rng.integers(0, n - self.t + 1))
-        return {"x_audio": record["x_audio"][t0:t0 + self.t], "x_visual": record["x_visual"][t0:t0 + self.t]}
+        t0 = int(rng.integers(0, max(n - self.t, 0) + 1))
+        frames = (t0 + np.arange(self.t)) % n  # wraps only when n < T
+        out = {}
+        for key in self.keys:
+            rate = len(record[key]) // n  # audio frames per video frame
+            out[key] = record[key][(rate * frames[:, None] + np.arange(rate)).reshape(-1)]
+        for label in self.labels:
+            if label not in record:
+                raise DataError(f"{self.where}: utterance {record.get('utterance_id', '?')!r} has no label "
+                                f"{label!r}")
+            out[label] = np.int32(record[label])
+        return out
 
 
 class _ProcessBlocks(grain.MapDataset):
@@ -205,7 +222,9 @@ class PipelineSpec:
     kind: str                        # "frames" | "windows" | "feature_windows" (cached features)
     examples_per_batch: int          # global number of utterance crops per batch
     frames_per_example: int          # K random frames, or the window length T
-    modalities: tuple[str, ...] = ("audio", "video")
+    modalities: tuple[str, ...] = ("audio", "video")  # fields delivered (feature_windows: "x_audio", ...)
+    labels: tuple[str, ...] = ()     # feature_windows: per-utterance integer labels delivered too
+    wrap_short: bool = False         # feature_windows: wrap utterances shorter than T instead of failing
 
 
 def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioFraming, *, seed: int,
@@ -220,7 +239,8 @@ def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioF
     elif spec.kind == "windows":
         transform = _RandomWindow(spec.frames_per_example, framing, spec.modalities, source.description)
     elif spec.kind == "feature_windows":
-        transform = _RandomFeatureWindow(spec.frames_per_example, source.description)
+        transform = _RandomFeatureWindow(spec.frames_per_example, spec.modalities, spec.labels, spec.wrap_short,
+                                         source.description)
         cache_mb = 0  # the features are memory-mapped already
     else:
         raise ValueError(f"pipeline kind must be 'frames', 'windows' or 'feature_windows', got {spec.kind!r}")

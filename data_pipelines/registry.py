@@ -21,6 +21,12 @@ def prepare(name: str, data_dir: str) -> None:
         print(f"[avrep] generating {name} into {data_dir} ...", flush=True)
         build(config or "mdvae", data_dir)
         return
+    from data_pipelines.corpora import CORPORA
+    if builder in CORPORA:
+        raise FileNotFoundError(
+            f"dataset {name!r} is not prepared in data_dir {data_dir!r}; build it once from your copy of the "
+            f"corpus: python -m data_pipelines.build {builder} --config {config or '<config>'} "
+            f"--manual_dir <your {builder} folder> --data_dir {data_dir} (layouts: README, 'Training on real corpora')")
     raise FileNotFoundError(
         f"dataset {name!r} is not prepared in data_dir {data_dir!r} (expected "
         f"{os.path.join(data_dir, *name.split('/'))}/<version>/dataset_info.json); build it first with "

@@ -253,6 +253,71 @@ def test_forward_compiles_once_across_dirichlet_draws(tiny_av):
     assert out["audio"]["masked"].shape == (B, 8) and out["visual"]["masked"].shape == (B, 16)
 
 
+def test_training_step_compiles_once_across_ratios():
+    """The whole pre-training step (loss, gradients, AdamW update) of the packed SAF model:
+    one compilation for every Dirichlet draw, one more for the call-time override, whatever
+    its values (the issue's compile-count requirement)."""
+    import optax
+
+    model = vqmae.VQMAEAV(**{**TINY_AV, "encoder_fusion": "saf", "decoder_fusion": "saf"})
+    assert vqmae.packed_saf_slots(model, {"audio": 8, "visual": 16}) is not None
+    a, v = _av_inputs()
+    params = _random_params(lambda a, v: model.init(_rngs(KEY), a, v), a, v)["params"]
+    tx = optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.05)
+    traces = []
+
+    @functools.partial(_jit, donate_argnums=(0, 1))
+    def step(p, opt_state, key, ratio):
+        traces.append(1)  # runs once per trace
+
+        def loss_fn(p):
+            out = model.apply({"params": p}, a, v, mask_ratio=ratio, rngs={"mask": key})
+            return vqmae.vqmae_loss(out)[0], out["visual"]["mask_fraction"]
+
+        (loss, frac), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss, frac
+
+    opt_state = tx.init(params)
+    fractions = set()
+    for i in range(4):
+        params, opt_state, loss, frac = step(params, opt_state, jax.random.key(i), None)
+        assert np.isfinite(loss)
+        fractions.add(tuple(np.asarray(frac).round(4)))
+    assert len(traces) == 1 and len(fractions) > 1
+    for r in [(0.5, 0.5), (0.9, 0.1), (0.0, 0.75)]:
+        params, opt_state, loss, frac = step(params, opt_state, KEY, jnp.asarray(r, jnp.float32))
+        np.testing.assert_allclose(frac, r[1], atol=1 / 16)
+    assert len(traces) == 2
+
+
+def test_packed_saf_bound_holds_for_every_coupled_draw():
+    """packed_saf_slots bounds the visible total of every (p, 1 - p), float32 rounding
+    included, for the paper's clip and both mask units; it does not apply elsewhere."""
+    grid = np.linspace(0.0, 1.0, 20001, dtype=np.float32)
+    ps = np.concatenate([grid, np.nextafter(grid, 0), np.nextafter(grid, 1)]).clip(0, 1)
+    for unit in ("patch", "frame"):
+        model = vqmae.VQMAEAV(encoder_fusion="saf", mask_unit=unit)
+        size = vqmae.packed_saf_slots(model, {"audio": 160, "visual": 360})
+        worst = 0
+        for (n_units, per), p in zip(((160, 1), (360, 1)) if unit == "patch" else ((10, 16), (10, 36)),
+                                     (ps, np.float32(1) - ps)):
+            vis = np.asarray(vqmae.num_visible_units(jnp.asarray(p), n_units, 1, n_units)) * per
+            worst = worst + vis
+        assert int(worst.max()) <= size < 520
+        assert size == (361 if unit == "patch" else 376)
+    assert vqmae.packed_saf_slots(vqmae.VQMAEAV(encoder_fusion="caf"), {"audio": 160, "visual": 360}) is None
+    assert vqmae.packed_saf_slots(vqmae.VQMAEAV(encoder_fusion="saf", masking="fixed"),
+                                  {"audio": 160, "visual": 360}) is None
+
+
+def test_gelu_is_the_exact_gelu():
+    x = jnp.linspace(-12.0, 12.0, 10001)
+    np.testing.assert_allclose(vqmae._gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda x: vqmae._gelu(x).sum())(x),
+                               jax.grad(lambda x: jax.nn.gelu(x, approximate=False).sum())(x), atol=1e-6)
+
+
 @pytest.mark.parametrize("ratio", [0.5, (0.25, 0.75)])
 def test_masked_logits_loss_equals_all_logits_then_select(tiny_av, ratio):
     _, params, forward = tiny_av
@@ -294,6 +359,41 @@ def test_padded_buffer_matches_exact_buffer(tiny_av):
     np.testing.assert_allclose(loss_exact, loss_padded, rtol=1e-5)
     for name in vqmae.MODALITIES:
         np.testing.assert_allclose(exact["global"][name], padded["global"][name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_unit", ["patch", "frame"])
+def test_packed_saf_buffer_matches_padded_buffers(mask_unit):
+    """SAF with Dirichlet ratios packs both modalities' visible tokens into one buffer of a
+    static bound; the same draw passed as an override runs the padded per-modality buffers
+    (no packing). Same masks -> same loss, global tokens and gradients."""
+    # frame masking: 8 windows of 2 audio / 4 visual tokens, so that the bound is below 16 + 32
+    cfg = {**TINY_AV, "encoder_fusion": "saf", "decoder_fusion": "saf", "mask_unit": mask_unit,
+           **({"audio_frames": 16, "visual_frames": 8} if mask_unit == "frame" else {})}
+    model = vqmae.VQMAEAV(**cfg)
+    a, v = _av_inputs(batch=8, cfg=cfg)
+    params = _random_params(lambda a, v: model.init(_rngs(KEY), a, v), a, v)
+    n_a, n_v = (8, 16) if mask_unit == "patch" else (16, 32)
+    size = vqmae.packed_saf_slots(model, {"audio": n_a, "visual": n_v})
+    # the largest visible total of a coupled draw, < N_a + N_v
+    assert size == (16 + 1 if mask_unit == "patch" else 2 * 1 + 4 * 8)
+
+    def loss(p, key, ratio):
+        out = model.apply(p, a, v, mask_ratio=ratio, rngs={"mask": key})
+        return vqmae.vqmae_loss(out)[0], out
+
+    grad = _jit(jax.value_and_grad(loss, has_aux=True))
+    for i in range(3):
+        key = jax.random.key(10 + i)
+        _, ratio = _jit(lambda k: model.apply({}, model.tokenize(a, v), method=vqmae.VQMAEAV.sample_masking,
+                                              rngs={"mask": k}))(key)
+        (l_packed, packed), g_packed = grad(params, key, None)
+        (l_padded, padded), g_padded = grad(params, key, ratio)
+        assert padded["audio"]["logits"].shape == packed["audio"]["logits"].shape
+        for name in vqmae.MODALITIES:
+            np.testing.assert_array_equal(packed[name]["masked"], padded[name]["masked"])
+            np.testing.assert_allclose(packed["global"][name], padded["global"][name], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(l_packed, l_padded, rtol=1e-5)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-5), g_packed, g_padded)
 
 
 def test_vqmaes_forward_with_frame_masking():

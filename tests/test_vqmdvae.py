@@ -93,9 +93,9 @@ def test_feature_cache_skips_short_utterances_and_is_reused(smoke_data_dir, toke
     assert len(cache) == sum(n >= cutoff for n in lengths) < len(source)
     assert len(cache.index["skipped"]) == sum(n < cutoff for n in lengths)
     assert "skipped" in messages[0]
-    mtime = os.path.getmtime(tmp_path / "c" / "audio.f32")
+    mtime = os.path.getmtime(tmp_path / "c" / "audio.bin")
     build_feature_cache(str(tmp_path / "c"), frozen, source, min_frames=cutoff)  # same fingerprint: reused
-    assert os.path.getmtime(tmp_path / "c" / "audio.f32") == mtime
+    assert os.path.getmtime(tmp_path / "c" / "audio.bin") == mtime
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -183,7 +183,8 @@ def test_decoding_features_equals_the_tokenizers_own_reconstruction(smoke_data_d
     frozen = FrozenTokenizers(config)
     source = pipelines.open_source(config.data.name, "test", smoke_data_dir)
     utt = utterance_frames(source[0], config.audio, "test record 0")
-    x_audio, x_visual = frozen.encode_frames(utt["windows"][:16], utt["video"][:16])
+    encoders = frozen.frame_encoders()
+    x_audio, x_visual = encoders["audio"](utt["windows"][:16]), encoders["visual"](utt["video"][:16])
     power, images = frozen.decode(x_audio, x_visual)
     audio, visual = load_checkpoint(tokenizers["audio"]), load_checkpoint(tokenizers["visual"])
     expected_power = audio.apply_fn(audio.variables, audio_frames_to_power(utt["windows"][:16], config.audio))["recon"]

@@ -21,12 +21,11 @@ Pure numpy / scikit-learn / POT: no JAX, so it runs on extracted features anywhe
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -36,6 +35,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from avrep.evaluation.tables import write_csv
 
 SETTINGS = ("PD", "PI")
 CLASSIFIERS = ("mlr", "mlp", "ot_mlr")
@@ -397,15 +398,6 @@ def few_label_curve(representations: Mapping[str, np.ndarray], labels: Mapping[s
 # Output
 
 
-def _write_csv(path: str, rows: Iterable[Mapping], columns: Sequence[str]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if isinstance(row.get(k), float) and math.isnan(row[k]) else row.get(k, ""))
-                             for k in columns})
-
-
 def _percent(row: Mapping, metric: str) -> str:
     text = f"{100 * row[metric]:.1f}"
     std = row.get(f"{metric}_std", math.nan)
@@ -489,13 +481,13 @@ def write_emotion_tables(out_dir: str, rows: Sequence[Mapping], curve: Sequence[
     """
     os.makedirs(out_dir, exist_ok=True)
     paths = {"csv": os.path.join(out_dir, f"{name}.csv"), "md": os.path.join(out_dir, f"{name}.md")}
-    _write_csv(paths["csv"], rows, ROW_COLUMNS + EXTRA_COLUMNS)
+    write_csv(paths["csv"], rows, ROW_COLUMNS + EXTRA_COLUMNS)
     with open(paths["md"], "w") as f:
         f.write(_table4_markdown(rows, dataset))
     if curve:
         paths["curve_csv"] = os.path.join(out_dir, f"{name}_few_label.csv")
         paths["curve_png"] = os.path.join(out_dir, f"{name}_few_label.png")
-        _write_csv(paths["curve_csv"], curve, CURVE_COLUMNS)
+        write_csv(paths["curve_csv"], curve, CURVE_COLUMNS)
         _plot_curve(paths["curve_png"], curve)
     return paths
 

@@ -8,10 +8,12 @@ from typing import Callable
 import numpy as np
 
 from avrep.evaluation import manipulation, resynthesis
+from avrep.evaluation import vqmae as vqmae_eval
 from avrep.evaluation.emotion import EmotionProtocol, run_emotion_evaluation
 from avrep.evaluation.sequence import LATENTS, SequenceModel
-from avrep.evaluation.tables import write_table
+from avrep.evaluation.tables import write_csv, write_table
 from avrep.training.checkpointing import CHECKPOINT_SUBDIR, load_checkpoint
+from avrep.training.features import feature_cache_dir
 from data_pipelines.pipelines import open_source
 
 # name -> (title, key columns, [(metric, header, digits)], notes)
@@ -48,8 +50,25 @@ TABLES = {
          "pixels in [0, 1] (clipped) inside a box around the mouth or the eyes; audio clean. Mean ± std over "
          "sequences of the region's PSNR and mean SSIM map (Gaussian window, sigma 1.5). VQ-VAE-visual: the "
          "tokenizer alone."]),
+    "emotion_finetuning": (
+        "Speech emotion recognition by fine-tuned VQ-MAE models, speaker-independent k-fold cross-validation "
+        "(form of VQ-MAE thesis Tables 5.1, 5.2, 5.5)", vqmae_eval.FOLD_KEYS + ("folds",),
+        [("accuracy", "Accuracy (%) ↑", 1), ("f1", "F1 macro (%) ↑", 1), ("f1_weighted", "F1 weighted (%) ↑", 1),
+         ("val_accuracy", "validation acc. (%)", 1)],
+        ["Mean ± std over folds (n). Each fold: its test speakers never seen in fine-tuning; the checkpoint is "
+         "chosen on validation speakers carved from the training speakers (highest accuracy), then scored once "
+         "on the test fold. An utterance's class: mean of the class probabilities of the windows covering it. "
+         "Per-fold rows: emotion_finetuning_folds.csv. Chance on SynthAV: 12.5 % (8 emotions)."]),
+    "reconstruction_vs_masking": (
+        "Reconstruction against the masking ratio (form of VQ-MAE thesis Fig. C.1)", ("model", "run", "ratio"),
+        [("psnr", "visual PSNR (dB) ↑", 2), ("si_sdr", "audio SI-SDR (dB) ↑", 2),
+         ("accuracy_visual", "visual masked-token acc. (%)", 1), ("accuracy_audio", "audio masked-token acc. (%)", 1)],
+        ["First window of each test utterance (n), masked at the ratio (both modalities for VQ-MAE-AV); masked "
+         "tokens take the most likely code, visible ones keep theirs, the frozen tokenizers decode the grids. "
+         "Audio rebuilt with the original phase. Ratio 0 is the tokenizers' own reconstruction. Figure: "
+         "reconstruction_vs_masking.png."]),
 }
-AUDIO_TABLE, VISUAL_TABLE, SWAP_TABLE, DENOISE_TABLE = TABLES
+AUDIO_TABLE, VISUAL_TABLE, SWAP_TABLE, DENOISE_TABLE, FINETUNE_TABLE, CURVE_TABLE = TABLES
 # A 2-value MLP grid (the default 4-value one costs ~5 CPU minutes on SynthAV's 960 utterances).
 EMOTION_PROTOCOL = EmotionProtocol(mlp_grid=(((128, 128), 1e-3), ((128, 128), 1e-1)), mlp_max_iter=200)
 MODEL_NAMES = {"vqvae_audio": "VQ-VAE-audio", "vqvae_visual": "VQ-VAE-visual"}
@@ -170,7 +189,7 @@ def _collect_static_latents(seq: SequenceModel, run_dir: str, ev: Evaluation) ->
     vectors = {}
     for split in ev.emotion_splits:
         source = open_source(config.data.name, split, config.data.data_dir)
-        meta, xs = seq.split_latent_inputs(source, cache_dir=seq.task.feature_cache_dir(run_dir, split))
+        meta, xs = seq.split_latent_inputs(source, cache_dir=feature_cache_dir(seq.config, run_dir, split))
         missing = {"speaker", "emotion", "intensity"} - set(meta[0]) if meta else set()
         if missing:
             ev.log(f"[avrep] {source.description} has no {sorted(missing)} labels: no emotion table for it")
@@ -194,7 +213,21 @@ def _emotion_tables(ev: Evaluation) -> dict:
     return paths
 
 
-EVALUATORS: dict[str, Callable] = {"vqvae": _evaluate_vqvae, **{family: _evaluate_sequence for family in LATENTS}}
+def _evaluate_vqmae_pretraining(model, run_dir: str, ev: Evaluation) -> None:
+    ev.rows.setdefault(CURVE_TABLE, []).extend(vqmae_eval.reconstruction_curve(model, run_dir, count=ev.limit or 24))
+    ev.log(f"[avrep] evaluated {run_dir} (step {model.step})")
+
+
+def _evaluate_vqmae_finetuning(model, run_dir: str, ev: Evaluation) -> None:
+    row = vqmae_eval.FinetunedModel(run_dir).evaluate()
+    ev.rows.setdefault(FINETUNE_TABLE + "_folds", []).append(dict(row, run=_run_name(run_dir)))
+    ev.log(f"[avrep] evaluated {run_dir}: fold {row['fold']}, step {row['step']} chosen on validation, "
+           f"test accuracy {row['accuracy']:.1f} %")
+
+
+EVALUATORS: dict[str, Callable] = {"vqvae": _evaluate_vqvae, **{family: _evaluate_sequence for family in LATENTS},
+                                   "vqmae": _evaluate_vqmae_pretraining,
+                                   "vqmae_finetune": _evaluate_vqmae_finetuning}
 
 
 def evaluate_workdir(workdir: str, *, log: Callable[[str], None] = print, **options) -> dict[str, tuple[str, str]]:
@@ -214,6 +247,12 @@ def evaluate_workdir(workdir: str, *, log: Callable[[str], None] = print, **opti
         first = ev.denoisers[0].config
         source = open_source(first.data.name, first.data.eval_split, first.data.data_dir)
         ev.rows[DENOISE_TABLE] = manipulation.denoising_experiment(ev.denoisers, source, count=ev.denoise_count)
+    if FINETUNE_TABLE + "_folds" in ev.rows:
+        folds = ev.rows[FINETUNE_TABLE + "_folds"]
+        ev.rows[FINETUNE_TABLE] = vqmae_eval.aggregate_folds(folds)
+        write_csv(os.path.join(ev.out_dir, f"{FINETUNE_TABLE}_folds.csv"), folds, list(folds[0]))
+    if CURVE_TABLE in ev.rows:
+        vqmae_eval.curve_figure(ev.rows[CURVE_TABLE], os.path.join(ev.out_dir, f"{CURVE_TABLE}.png"))
     for name, (title, keys, metrics, notes) in TABLES.items():
         if name in ev.rows:
             rows = sorted(ev.rows[name], key=_paper_order)

@@ -36,6 +36,20 @@ def window_starts(n: int, t: int) -> list[int]:
     return starts
 
 
+def batched_apply(fn, variables, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """``fn(variables, {k: [batch, ...]}) -> {k: [batch, ...]}`` over [N, ...] arrays, in fixed batches
+    (the last one zero-padded) so that it compiles once."""
+    n = len(next(iter(inputs.values())))
+    parts = []
+    for s in range(0, n, batch):
+        chunk = {k: v[s:s + batch] for k, v in inputs.items()}
+        m = len(next(iter(chunk.values())))
+        chunk = {k: np.pad(v, ((0, batch - m),) + ((0, 0),) * (v.ndim - 1)) for k, v in chunk.items()}
+        out = jax.device_get(fn(variables, chunk))
+        parts.append({k: v[:m] for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 class SequenceModel:
     """A loaded run (``avrep.load_checkpoint``) of task mdvae / dsae / jointmvae."""
 
@@ -73,12 +87,13 @@ class SequenceModel:
         self._encode, self._decode = jax.jit(encode), jax.jit(decode)
         self._continue = jax.jit(continue_sequence, static_argnums=3)
         self._to_signals = jax.jit(task.decode_frames)
-        self._encode_frames = jax.jit(task.encode_frames)  # compiled once, reused by every features() call
+        # compiled once, reused by every features() call
+        self._frame_encoders = {m: jax.jit(f) for m, f in task.frame_encoders().items()}
 
     # ------------------------------------------------------------------ features
     def features(self, utterances: Iterable[dict]) -> list[dict[str, np.ndarray]]:
         """``utterance_frames`` dicts -> per-utterance input features {"audio": [n, ·], "visual": [n, ·]}."""
-        return [{"audio": a, "visual": v} for a, v in iter_utterance_features(self._encode_frames, utterances)]
+        return list(iter_utterance_features(self._frame_encoders, utterances))
 
     def _read(self, source, indices: Iterable[int]) -> tuple[list[dict], list[dict], list[int]]:
         """(metadata, ``utterance_frames``) of the records at ``indices`` with >= T frames, and the others."""
@@ -115,16 +130,7 @@ class SequenceModel:
 
     # ------------------------------------------------------------------ latents
     def _batched(self, fn, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Applies ``fn(variables, batch)`` to [N, ...] arrays in fixed batches (one compile)."""
-        n = len(next(iter(inputs.values())))
-        parts = []
-        for s in range(0, n, self.batch):
-            chunk = {k: v[s:s + self.batch] for k, v in inputs.items()}
-            m = len(next(iter(chunk.values())))
-            chunk = {k: np.pad(v, ((0, self.batch - m),) + ((0, 0),) * (v.ndim - 1)) for k, v in chunk.items()}
-            out = jax.device_get(fn(self.model.variables, chunk))
-            parts.append({k: v[:m] for k, v in out.items()})
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return batched_apply(fn, self.model.variables, inputs, self.batch)
 
     def encode(self, x_audio: np.ndarray, x_visual: np.ndarray) -> dict[str, np.ndarray]:
         """Windows [N, T, ·] -> posterior means {latent: [N, ·] (static) or [N, T, ·]}."""

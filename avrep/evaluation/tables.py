@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from avrep.evaluation.metrics import summarize
 
@@ -26,6 +26,16 @@ def _cell(row: Mapping, metric: str, digits: int) -> str:
         text += f" ± {row[f'{metric}_std']:.{digits}f}"
     bad = row.get(f"{metric}_nonfinite")
     return text + (f" ({bad} non-finite excluded)" if bad else "")
+
+
+def write_csv(path: str, rows: Iterable[Mapping], columns: Sequence[str]) -> None:
+    """Rows as CSV with ``columns``; NaN written as an empty cell."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if isinstance(row.get(k), float) and math.isnan(row[k]) else row.get(k, ""))
+                             for k in columns})
 
 
 def write_table(out_dir: str, name: str, title: str, rows: Sequence[Mapping], key_columns: Sequence[str],

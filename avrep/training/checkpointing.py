@@ -82,6 +82,12 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
     return directory, steps[-1]
 
 
+def checkpoint_steps(path: str) -> list[int]:
+    """The finished checkpoint steps of a run (``path`` as for ``resolve_checkpoint``)."""
+    directory, _ = resolve_checkpoint(path)
+    return _step_dirs(directory)
+
+
 def read_config(path: str) -> ml_collections.ConfigDict:
     directory, step = resolve_checkpoint(path)
     restored = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)).restore(

@@ -75,6 +75,7 @@ def create_state(task, tx: optax.GradientTransformation, mesh, rng: jax.Array) -
     """Freshly initialised train state, replicated over ``mesh``."""
     replicated = mesh_lib.replicated(mesh)
     variables = jax.jit(task.init_variables, out_shardings=replicated)(rng, task.dummy_batch())
+    variables = jax.device_put(task.warm_start(variables), replicated)
     return _train_state(0, variables, jax.jit(tx.init, out_shardings=replicated)(variables["params"]), mesh)
 
 
@@ -117,6 +118,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ---------------------------------------------------------------- model and optimizer
     init_rng, step_rng = jax.random.split(jax.random.key(int(config.seed)))
     tx, schedule = make_optimizer(config.optimizer, num_steps)
+    tx = task.optimizer(tx)
     state = create_state(task, tx, mesh, init_rng)
 
     # ---------------------------------------------------------------- checkpoint restore

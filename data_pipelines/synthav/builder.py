@@ -20,6 +20,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines import schema
 from data_pipelines.synthav import generator
 
 # Per-frame ground-truth fields kept with each example: name -> trailing shape.
@@ -89,14 +90,8 @@ class Synthav(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             description=__doc__,
             features=tfds.features.FeaturesDict({
-                "utterance_id": tfds.features.Text(),
-                "speaker": tfds.features.Text(),
-                "speaker_index": np.int32,
+                **schema.av_features(size, generator.EMOTIONS, ["level_1", "level_2", "level_3"]),
                 "gender": tfds.features.ClassLabel(names=["female", "male"]),
-                "emotion": tfds.features.ClassLabel(names=list(generator.EMOTIONS)),
-                "intensity": tfds.features.ClassLabel(names=["level_1", "level_2", "level_3"]),
-                "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
-                "video": tfds.features.Tensor(shape=(None, size, size, 3), dtype=np.uint8),
                 "phones": tfds.features.Tensor(shape=(None,), dtype=np.int32),
                 "truth": tfds.features.FeaturesDict(truth),
             }),
@@ -140,4 +135,5 @@ def hash_seed(*parts) -> int:
 def build(config_name: str, data_dir: str) -> None:
     """Generates SynthAV/<config_name> into data_dir unless it is already there."""
     builder = Synthav(config=config_name, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    with schema.shuffle_in_memory():
+        builder.download_and_prepare()

@@ -50,6 +50,15 @@ class Task(abc.ABC):
         """The random-access source the training pipeline reads; tasks may derive another (a feature cache)."""
         return source
 
+    def warm_start(self, variables: Variables) -> Variables:
+        """Variables of a fresh run after initialisation (e.g. with pre-trained weights put in)."""
+        return variables
+
+    def optimizer(self, tx):
+        """The optimizer the step uses, given the config's (``optax.GradientTransformation``); tasks may
+        restrict it (e.g. a frozen encoder)."""
+        return tx
+
     def dummy_batch(self) -> dict:
         """A zero batch with the pipeline's shapes (2 examples): for shape inference and restores."""
         spec, framing, n = self.pipeline, self.framing, 2

@@ -17,18 +17,16 @@ standardising gives every dimension the same weight (measured trade-off in the R
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from avrep.models.config import module_from_config
 from avrep.models.mdvae import DSAE, MDVAE, NORMALIZATIONS, JointMVAE, jointmvae_loss, mdvae_loss
 from avrep.models.vqvae import LOG_EPS
-from avrep.training.features import (FeatureSource, FrozenTokenizers, audio_frames_to_power, build_feature_cache,
-                                     iter_utterance_features, utterance_frames, video_to_model_range)
+from avrep.training.features import (FeatureSource, FrozenTokenizers, audio_frames_to_power, feature_cache_dir,
+                                     iter_utterance_features, shared_feature_cache, utterance_frames,
+                                     video_to_model_range)
 from avrep.training.tasks.base import Task
 from data_pipelines.pipelines import PipelineSpec
 
@@ -38,17 +36,11 @@ SCALINGS = ("none", "standardize")
 STATS = "feature_stats"  # variable collection of the per-dimension input statistics (feature_scaling)
 
 
-def _raw(power: jax.Array, video: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Power [N, 513] and uint8 frames [..., H, W, 3] -> log power [N, 513], pixels [N, H * W * 3]."""
-    pixels = video_to_model_range(video)
-    return jnp.log(power + LOG_EPS), pixels.reshape(pixels.shape[0], -1)
-
-
 def raw_features(batch, audio_cfg) -> tuple[jax.Array, jax.Array]:
     """A window batch -> (log power [B, T, 513], pixels [B, T, H * W * 3] in [-0.5, 0.5])."""
     b, t = batch["video"].shape[:2]
-    x_a, x_v = _raw(audio_frames_to_power(batch["audio"], audio_cfg), batch["video"])
-    return x_a.reshape(b, t, -1), x_v.reshape(b, t, -1)
+    x_a = jnp.log(audio_frames_to_power(batch["audio"], audio_cfg) + LOG_EPS)
+    return x_a.reshape(b, t, -1), video_to_model_range(batch["video"]).reshape(b, t, -1)
 
 
 class SequenceVAETask(Task):
@@ -98,27 +90,15 @@ class SequenceVAETask(Task):
 
     def training_source(self, source, workdir: str):
         """VQ features with ``data.feature_cache``: the features of every training utterance, computed
-        once by process 0 into ``data.feature_cache_dir`` (default <workdir>/feature_cache/<split>).
+        once by process 0 into ``feature_cache_dir`` (<data.feature_cache_dir or workdir/feature_cache>/<split>).
         With ``feature_scaling: standardize``, also the per-dimension input statistics."""
         if self.cached:
-            directory = self.feature_cache_dir(workdir, str(self.config["data"]["train_split"]))
-            if jax.process_index() == 0:
-                build_feature_cache(directory, self.tokenizers, source,
-                                    min_frames=self.pipeline.frames_per_example)
-            if jax.process_count() > 1:  # the cache directory must be on a filesystem every process sees
-                multihost_utils.sync_global_devices("avrep:feature_cache")
-            source = FeatureSource(directory)
+            directory = feature_cache_dir(self.config, workdir, str(self.config["data"]["train_split"]))
+            source = shared_feature_cache(directory, self.tokenizers, source,
+                                          min_frames=self.pipeline.frames_per_example)
         if self.scaling == "standardize":
             self._stats = self._feature_stats(source)
         return source
-
-    def feature_cache_dir(self, workdir: str, split: str) -> str:
-        """Where a split's VQ features are cached: ``data.feature_cache_dir`` for the training split if set
-        (e.g. shared between runs on the same tokenizers), else <workdir>/feature_cache/<split>."""
-        shared = str(self.config["data"].get("feature_cache_dir", ""))
-        if shared and split == str(self.config["data"]["train_split"]):
-            return shared
-        return os.path.join(workdir, "feature_cache", split)
 
     def _feature_stats(self, source, max_utterances: int = 256) -> dict[str, np.ndarray]:
         """Per-dimension mean and std of the inputs over (up to ``max_utterances``) training utterances."""
@@ -128,7 +108,8 @@ class SequenceVAETask(Task):
         else:
             utts = (utterance_frames(source[i], self.config["audio"], f"{source.description}: record {i}")
                     for i in idx)
-            frames = list(iter_utterance_features(jax.jit(self.encode_frames), utts))
+            encoders = {m: jax.jit(f) for m, f in self.frame_encoders().items()}
+            frames = [(f["audio"], f["visual"]) for f in iter_utterance_features(encoders, utts)]
         stats = {}
         for k, m in enumerate(("audio", "visual")):
             if m in self.inputs:
@@ -167,11 +148,13 @@ class SequenceVAETask(Task):
             x_a, x_v = raw_features(batch, self.config["audio"])
         return {"audio": x_a, "visual": x_v}
 
-    def encode_frames(self, windows: jax.Array, video: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Per-frame audio windows [N, n_fft] and uint8 frames [N, H, W, 3] -> input features [N, ·]."""
+    def frame_encoders(self) -> dict:
+        """Per-modality frame-wise input features (to jit): audio windows [N, n_fft] -> [N, ·], uint8
+        frames [N, H, W, 3] -> [N, ·] (``iter_utterance_features``)."""
         if self.tokenizers is not None:
-            return self.tokenizers.encode_frames(windows, video)
-        return _raw(audio_frames_to_power(windows, self.config["audio"]), video)
+            return self.tokenizers.frame_encoders("features")
+        return {"audio": lambda w: jnp.log(audio_frames_to_power(w, self.config["audio"]) + LOG_EPS),
+                "visual": lambda v: video_to_model_range(v).reshape(v.shape[0], -1)}
 
     def decode_frames(self, x_audio: jax.Array, x_visual: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Model outputs [N, ·] (either may be None) -> (power [N, 513], images [N, H, W, 3] in [0, 1])."""
