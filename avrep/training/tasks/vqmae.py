@@ -188,7 +188,7 @@ def fold_assignment(speakers: list[str], num_folds: int, fold: int, validation_s
     order = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
     groups = np.array_split(np.arange(len(order)), num_folds)
     test = [order[i] for i in groups[fold]]
-    rest = [s for s in order[groups[fold][-1] + 1:] + order[:groups[fold][0]]]  # following speakers first
+    rest = order[groups[fold][-1] + 1:] + order[:groups[fold][0]]  # the speakers after the test group first
     if not 0 < validation_speakers < len(rest):
         raise ValueError(f"config key finetune.validation_speakers={validation_speakers}: expected 1 to "
                          f"{len(rest) - 1} (fold {fold} leaves {len(rest)} speakers for training and validation)")
