@@ -164,6 +164,12 @@ class _RandomWindow(grain.transforms.RandomMap):
         return out
 
 
+def aligned_frames(video_frames: np.ndarray, rate: int) -> np.ndarray:
+    """Indices of the frames of a stream with ``rate`` frames per video frame that lie beside the video
+    frames ``video_frames`` [..., T] -> [..., rate * T] (rate 1: the same indices)."""
+    return (rate * video_frames[..., None] + np.arange(rate)).reshape(*video_frames.shape[:-1], -1)
+
+
 class _RandomFeatureWindow(grain.transforms.RandomMap):
     """One window of T consecutive video frames (and the r * T audio frames beside them) of cached
     per-frame tokenizer outputs (avrep.training.features.FeatureSource), with the record's ``labels``.
@@ -186,8 +192,7 @@ class _RandomFeatureWindow(grain.transforms.RandomMap):
         frames = (t0 + np.arange(self.t)) % n  # wraps only when n < T
         out = {}
         for key in self.keys:
-            rate = len(record[key]) // n  # audio frames per video frame
-            out[key] = record[key][(rate * frames[:, None] + np.arange(rate)).reshape(-1)]
+            out[key] = record[key][aligned_frames(frames, len(record[key]) // n)]
         for label in self.labels:
             if label not in record:
                 raise DataError(f"{self.where}: utterance {record.get('utterance_id', '?')!r} has no label "

@@ -219,7 +219,7 @@ def _evaluate_vqmae_pretraining(model, run_dir: str, ev: Evaluation) -> None:
 
 
 def _evaluate_vqmae_finetuning(model, run_dir: str, ev: Evaluation) -> None:
-    row = vqmae_eval.FinetunedModel(run_dir).evaluate()
+    row = vqmae_eval.FinetunedModel(model, run_dir).evaluate()
     ev.rows.setdefault(FINETUNE_TABLE + "_folds", []).append(dict(row, run=_run_name(run_dir)))
     ev.log(f"[avrep] evaluated {run_dir}: fold {row['fold']}, step {row['step']} chosen on validation, "
            f"test accuracy {row['accuracy']:.1f} %")

@@ -29,10 +29,10 @@ from avrep import audio as audio_lib
 from avrep.evaluation import metrics as metrics_lib
 from avrep.evaluation.sequence import batched_apply, window_starts
 from avrep.evaluation.tables import summarize_rows
-from avrep.models.vqmae import VQMAEAV, untokenize_audio, untokenize_visual
+from avrep.models.vqmae import VQMAEAV, masked_accuracy, untokenize_audio, untokenize_visual
 from avrep.training.checkpointing import CHECKPOINT_SUBDIR, checkpoint_steps, load_checkpoint
 from avrep.training.tasks import build_task
-from data_pipelines.pipelines import decode_utterance, open_source
+from data_pipelines.pipelines import aligned_frames, decode_utterance, open_source
 
 KIND_NAMES = {"av": "VQ-MAE-AV", "audio": "VQ-MAE-A", "visual": "VQ-MAE-V"}
 RATIOS = tuple(round(0.1 * i, 1) for i in range(10))
@@ -52,20 +52,19 @@ def _utterance_windows(record: dict, keys: tuple[str, ...], t: int) -> dict[str,
     n = len(record["x_visual"])
     starts = window_starts(n, t) if n >= t else [0]
     out = {}
+    frames = (np.asarray(starts)[:, None] + np.arange(t)[None, :]) % n
     for key in keys:
-        rate = len(record[key]) // n
-        frames = (np.asarray(starts)[:, None] + np.arange(t)[None, :]) % n
-        idx = (rate * frames[..., None] + np.arange(rate)).reshape(len(starts), -1)
-        out[key] = record[key][idx]
+        out[key] = record[key][aligned_frames(frames, len(record[key]) // n)]
     return out
 
 
 class FinetunedModel:
-    """A fine-tuning run: its task, its fold's validation and test utterances (as windows)."""
+    """A fine-tuning run (``model``: its latest checkpoint, loaded): its task, its fold's validation and test
+    utterances (as windows)."""
 
-    def __init__(self, run_dir: str, *, batch: int = 32):
-        self.run_dir = run_dir
-        self.config = load_checkpoint(run_dir).config
+    def __init__(self, model, run_dir: str, *, batch: int = 32):
+        self.model, self.run_dir = model, run_dir
+        self.config = model.config
         self.task = build_task(self.config)
         caches = self.task.split_caches(run_dir)
         self.folds = self.task.folds(caches)
@@ -99,7 +98,8 @@ class FinetunedModel:
         """The fold's row: selected step, validation accuracy, test accuracy and F1 (%)."""
         best = None
         for step in checkpoint_steps(self.run_dir):
-            variables = load_checkpoint(os.path.join(self.run_dir, CHECKPOINT_SUBDIR, str(step))).variables
+            variables = self.model.variables if step == self.model.step else load_checkpoint(
+                os.path.join(self.run_dir, CHECKPOINT_SUBDIR, str(step))).variables
             pred, true = self.predict(variables, "validation")
             accuracy = float(np.mean(pred == true))
             if best is None or accuracy >= best[0]:
@@ -143,12 +143,9 @@ def _predicted_grids(module, variables, x: tuple, ratio, key):
     grids, accuracy = {}, {}
     names = ("audio", "visual") if isinstance(module, VQMAEAV) else tuple(m for m in ("audio", "visual") if m in out)
     for name, grid in zip(names, x):
-        o = out[name]
-        masked = o["masked"][..., None]
-        tokens = jnp.where(masked, jnp.argmax(o["logits"], -1), o["targets"])
-        hits = (jnp.argmax(o["logits"], -1) == o["targets"]) & masked
-        count = jnp.sum(jnp.broadcast_to(masked, hits.shape))
-        accuracy[name] = jnp.where(count > 0, jnp.sum(hits) / jnp.maximum(count, 1), jnp.nan)  # nan: none masked
+        o = out[name]  # all_logits: target_mask is the masked tokens
+        tokens = jnp.where(o["target_mask"][..., None], jnp.argmax(o["logits"], -1), o["targets"])
+        accuracy[name] = jnp.where(jnp.any(o["target_mask"]), masked_accuracy(o), jnp.nan)  # nan: none masked
         if name == "audio":
             grids[name] = untokenize_audio(tokens, grid.shape[2], module.audio_patch_time, module.audio_patch_freq)
         else:

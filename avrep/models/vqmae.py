@@ -865,13 +865,16 @@ class VQMAEAV(nn.Module):
 # -------------------------------------------------------------- VQ-MAE-S ---
 
 
-class _SEncoder(nn.Module):
+class _SStack(nn.Module):
+    """The fields a unimodal encoder and decoder share (as _AVStack for VQ-MAE-AV)."""
     grid: _Grid
     width: int
     depth: int
     num_heads: int
     mlp_ratio: float
 
+
+class _SEncoder(_SStack):
     @nn.compact
     def __call__(self, tokens, masking: Masking | None):
         g = self.grid
@@ -889,13 +892,7 @@ class _SEncoder(nn.Module):
         return z[:, 0], z[:, 1:], None if valid is None else valid[:, 1:]
 
 
-class _SDecoder(nn.Module):
-    grid: _Grid
-    width: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float
-
+class _SDecoder(_SStack):
     @nn.compact
     def __call__(self, cls, z, valid, masking: Masking, tokens, all_logits: bool):
         g = self.grid
@@ -1014,6 +1011,13 @@ def masked_cross_entropy(logits, targets, target_mask):
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     w = jnp.broadcast_to(target_mask[..., None], ce.shape)
     return jnp.sum(jnp.where(w, ce, 0.0)) / jnp.maximum(jnp.sum(w), 1)
+
+
+def masked_accuracy(outputs) -> jax.Array:
+    """Fraction of the masked indices whose most likely code is the true one."""
+    hits = jnp.argmax(outputs["logits"], -1) == outputs["targets"]
+    mask = jnp.broadcast_to(outputs["target_mask"][..., None], hits.shape)
+    return jnp.sum(hits & mask) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def info_nce(u, v, temperature: float = 0.5):

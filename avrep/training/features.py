@@ -21,7 +21,6 @@ from typing import Callable, Iterable, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.experimental import multihost_utils
 
 from avrep import audio as audio_lib

@@ -35,11 +35,12 @@ class Task(abc.ABC):
     def pipeline(self) -> PipelineSpec:
         """What the input pipeline must deliver."""
 
-    def _pipeline_from_config(self, kind: str, modalities: tuple[str, ...]) -> PipelineSpec:
-        """A ``PipelineSpec`` whose batch shape comes from the config's ``data`` block."""
+    def _pipeline_from_config(self, kind: str, modalities: tuple[str, ...], **options) -> PipelineSpec:
+        """A ``PipelineSpec`` whose batch shape comes from the config's ``data`` block (``options``: its other
+        fields, e.g. ``labels``)."""
         d = self.config["data"]
         return PipelineSpec(kind=kind, examples_per_batch=int(d["examples_per_batch"]),
-                            frames_per_example=int(d["frames_per_example"]), modalities=modalities)
+                            frames_per_example=int(d["frames_per_example"]), modalities=modalities, **options)
 
     @property
     def framing(self) -> AudioFraming:

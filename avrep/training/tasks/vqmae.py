@@ -32,7 +32,8 @@ import optax
 from flax import traverse_util
 
 from avrep.models.config import module_from_config
-from avrep.models.vqmae import VQMAEAV, VQMAES, VQMAEV, VQMAEClassifier, asymmetric_loss, vqmae_loss
+from avrep.models.vqmae import (VQMAEAV, VQMAES, VQMAEV, VQMAEClassifier, asymmetric_loss, masked_accuracy,
+                                vqmae_loss)
 from avrep.training.features import (FeatureSource, FrozenTokenizers, SourceView, feature_cache_dir,
                                      shared_feature_cache)
 from avrep.training.tasks.base import Task
@@ -104,10 +105,8 @@ class _IndexInputs(Task):
         return {"av": ("audio", "visual"), "audio": ("audio",), "visual": ("visual",)}[self.kind]
 
     def _spec(self, labels: tuple[str, ...] = ()) -> PipelineSpec:
-        d = self.config["data"]
-        return PipelineSpec(kind="feature_windows", examples_per_batch=int(d["examples_per_batch"]),
-                            frames_per_example=int(d["frames_per_example"]),
-                            modalities=tuple(f"x_{m}" for m in self.inputs), labels=labels, wrap_short=True)
+        return self._pipeline_from_config("feature_windows", tuple(f"x_{m}" for m in self.inputs), labels=labels,
+                                          wrap_short=True)
 
     def index_cache(self, workdir: str, split: str, source=None) -> FeatureSource:
         """The index grids of every utterance of ``split`` (built once, shared by process 0)."""
@@ -123,13 +122,6 @@ class _IndexInputs(Task):
 
     def model_inputs(self, batch) -> tuple[jax.Array, ...]:
         return tuple(batch[f"x_{m}"].astype(jnp.int32) for m in self.inputs)
-
-
-def masked_accuracy(outputs) -> jax.Array:
-    """Fraction of the masked indices whose most likely code is the true one."""
-    hits = jnp.argmax(outputs["logits"], -1) == outputs["targets"]
-    mask = jnp.broadcast_to(outputs["target_mask"][..., None], hits.shape)
-    return jnp.sum(hits & mask) / jnp.maximum(jnp.sum(mask), 1)
 
 
 class VQMAEPretrainTask(_IndexInputs):
