@@ -114,8 +114,11 @@ def vqmae_config(name: str, task: str, *, smoke: bool, paper: bool) -> ml_collec
 def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> dict:
     """Fields of a VQ-MAE module (avrep.training.tasks.vqmae.MODELS[kind]).
 
-    Paper: width 320 (40 audio indices x 8, 80 visual x 4), 4 heads, MLP ratio 2, 12 / 4 blocks. CPU:
-    width 160 (index embeddings of 4 and 2), 4 / 2 blocks; smoke: width 80, 1 / 1 block.
+    Paper: width 320 (40 audio indices x 8, 80 visual x 4), 4 heads, MLP ratio 2, 12 / 4 blocks, learned
+    positions from N(0, 0.02²). CPU: width 160, 4 / 2 blocks, 8 values per index embedding for both
+    modalities (tokens of 320 / 640 values projected to the width: width / indices would leave 2 values
+    per visual index, too few to tell 512 codes apart) and positions initialised with the tokens' sin-cos
+    table (neighbouring tokens are related from the first step); smoke: width 80, 1 / 1 block.
     """
     if smoke:
         size, dims = dict(width=80, num_heads=2, encoder_depth=1, decoder_depth=1), dict(audio_code_dim=2,
@@ -124,10 +127,10 @@ def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> 
         size, dims = dict(width=320, num_heads=4, encoder_depth=12, decoder_depth=4), dict(audio_code_dim=8,
                                                                                              visual_code_dim=4)
     else:
-        size, dims = dict(width=160, num_heads=4, encoder_depth=4, decoder_depth=2), dict(audio_code_dim=4,
-                                                                                            visual_code_dim=2)
+        size, dims = dict(width=160, num_heads=4, encoder_depth=4, decoder_depth=2), dict(audio_code_dim=8,
+                                                                                            visual_code_dim=8)
     frames = 50 if paper else (10 if smoke else 25)
-    model = dict(kind=kind, mlp_ratio=2.0, **size)
+    model = dict(kind=kind, mlp_ratio=2.0, position_init="normal" if paper else "sincos", **size)
     if kind in ("av", "audio"):
         model.update(audio_frames=2 * frames, audio_bins=64, audio_codes=256, audio_code_dim=dims["audio_code_dim"])
     if kind in ("av", "visual"):

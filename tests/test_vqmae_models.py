@@ -106,6 +106,52 @@ def test_global_tokens_and_vqmaes_sizes():
     assert vqmae.count_params(shapes["params"]) == 16 * block + embeds
 
 
+def test_projected_tokens_when_embeddings_do_not_fill_the_width():
+    # CPU layout: width 160 with 8 values per index. Audio tokens hold 40 x 8 = 320 values and
+    # visual ones 80 x 8 = 640; both are projected to 160 on the way in and back on the way out.
+    model = vqmae.VQMAEAV(audio_frames=50, visual_frames=25, audio_code_dim=8, visual_code_dim=8,
+                          width=160, encoder_depth=1, decoder_depth=1, encoder_fusion="saf",
+                          decoder_fusion="saf")
+    a = jax.ShapeDtypeStruct((2, 50, 64), jnp.int32)
+    v = jax.ShapeDtypeStruct((2, 25, 24, 24), jnp.int32)
+    shapes = jax.eval_shape(lambda a, v: model.init(_rngs(KEY), a, v), a, v)["params"]
+    enc, dec = shapes["encoder"], shapes["decoder"]
+    assert enc["audio_embedding"]["projection"]["kernel"].shape == (320, 160)
+    assert enc["visual_embedding"]["projection"]["kernel"].shape == (640, 160)
+    assert dec["audio_head_projection"]["kernel"].shape == (160, 320)
+    assert dec["visual_head_projection"]["kernel"].shape == (160, 640)
+    assert dec["visual_head"]["kernel"].shape == (8, 512)
+    out = jax.eval_shape(lambda p, a, v: model.apply({"params": p}, a, v, rngs={"mask": KEY}), shapes, a, v)
+    assert out["visual"]["logits"].shape[2:] == (80, 512)
+    assert out["audio"]["logits"].shape[2:] == (40, 256)
+
+
+def test_sincos_positions_follow_each_tokens_grid_coordinates():
+    model = vqmae.VQMAEV(visual_frames=10, visual_height=8, visual_width=8, visual_patch_time=5,
+                         visual_codes=32, visual_code_dim=4, width=64, encoder_depth=1, decoder_depth=1,
+                         position_init="sincos")
+    grid = model._grid()
+    # Each token's coordinates are those of the first index tokenize_visual puts in it
+    # (its top-left index of the first frame), divided by the patch sizes.
+    t, h, w = np.meshgrid(np.arange(10), np.arange(8), np.arange(8), indexing="ij")
+    code = jnp.asarray((t * 100 + h * 10 + w)[None])
+    first = np.asarray(vqmae.tokenize_visual(code, 5, 4))[0, :, 0]
+    np.testing.assert_array_equal(grid.coordinates(), np.stack([first // 100 // 5, first // 10 % 10 // 4,
+                                                                first % 10 // 4], -1))
+    table = vqmae.sincos_positions(grid.coordinates(), 64)
+    # 3 axes x 20 values (10 sines, 10 cosines), 4 left at zero; axis 1 of token 1 is row group 0
+    assert table.shape == (8, 64) and not table[:, 60:].any()
+    np.testing.assert_allclose(table[5, 40:50], np.sin(1.0 / 10000 ** (np.arange(10) / 10)), rtol=1e-6)
+    np.testing.assert_allclose(table[4, :10], np.sin(1.0 / 10000 ** (np.arange(10) / 10)), rtol=1e-6)
+    np.testing.assert_allclose(table[4, 20:30], 0.0)
+    v = jnp.zeros((1, 10, 8, 8), jnp.int32)
+    params = jax.jit(model.init)(_rngs(KEY), v)["params"]
+    np.testing.assert_allclose(params["encoder"]["pos"], table)
+    np.testing.assert_allclose(params["decoder"]["pos"], np.concatenate([np.zeros((1, 64)), table]))
+    with pytest.raises(ValueError, match="position_init"):
+        vqmae.VQMAEV(position_init="rope")
+
+
 # ------------------------------------------------------------ tokenisation ---
 
 
@@ -318,6 +364,48 @@ def test_gelu_is_the_exact_gelu():
                                jax.grad(lambda x: jax.nn.gelu(x, approximate=False).sum())(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["self", "cross", "one_query"])
+def test_attention_equals_flax_multi_head_attention(kind):
+    """vqmae.Attention has flax's MultiHeadDotProductAttention parameters (names, shapes,
+    initial values: checkpoints carry over) and computes the same outputs and gradients,
+    with and without a key mask, a query whose keys are all masked included."""
+    from flax import linen as nn
+
+    ref = nn.MultiHeadDotProductAttention(num_heads=4, kernel_init=vqmae._dense_init)
+    new = vqmae.Attention(num_heads=4)
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((3, 7, 32)), jnp.float32)
+    kv = q if kind == "self" else jnp.asarray(rng.standard_normal((3, 5, 24 if kind == "cross" else 32)), jnp.float32)
+    q = q[:, :1] if kind == "one_query" else q  # one_query: AttentionPooling's shape
+    params = ref.init(jax.random.key(1), q, kv)
+    assert jax.tree.all(jax.tree.map(lambda a, b: a.shape == b.shape and bool((a == b).all()),
+                                     params, new.init(jax.random.key(1), q, kv)))
+    valid = jnp.asarray(rng.random((3, kv.shape[1])) > 0.4).at[2].set(False)  # example 2: no valid key
+    cotangent = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+    for mask in (None, valid[:, None, None, :]):
+        def loss(module, p, q, kv):
+            kv = q if kind == "self" else kv  # self-attention: the same array (Attention fuses Q, K, V)
+            out = module.apply(p, q, kv, kv, mask=mask)
+            return jnp.sum(out * cotangent), out
+
+        got, want = (_jit(jax.value_and_grad(functools.partial(loss, m), (0, 1, 2), has_aux=True))(params, q, kv)
+                     for m in (new, ref))
+        np.testing.assert_allclose(got[0][1], want[0][1], rtol=1e-5, atol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got[1], want[1])
+
+
+def test_attention_core_loop_equals_batched_form():
+    """The CPU loop with its custom VJP equals the batched form used on accelerators."""
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((6, n, 8)), jnp.float32) for n in (7, 5, 5))
+    mask = jnp.asarray(rng.random((6, 1, 5)) > 0.4).at[2].set(False)
+    cotangent = jnp.asarray(rng.standard_normal((6, 7, 8)), jnp.float32)
+    for m in (None, mask):
+        got, want = (_jit(jax.value_and_grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v, m) * cotangent), (0, 1, 2)))(
+            q, k, v) for f in (vqmae._attention_core_looped, vqmae._attention_core_batched))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+
+
 @pytest.mark.parametrize("ratio", [0.5, (0.25, 0.75)])
 def test_masked_logits_loss_equals_all_logits_then_select(tiny_av, ratio):
     _, params, forward = tiny_av
@@ -526,8 +614,8 @@ def test_bad_configs_name_the_field():
         vqmae.VQMAEAV(encoder_fusion="concat")
     with pytest.raises(ValueError, match="mask_unit"):
         vqmae.VQMAES(mask_unit="tube")
-    with pytest.raises(ValueError, match="audio_code_dim=4.*width=320"):
-        vqmae.VQMAEAV(audio_code_dim=4)
+    with pytest.raises(ValueError, match="audio_code_dim=0 must be positive"):
+        vqmae.VQMAEAV(audio_code_dim=0)
     with pytest.raises(ValueError, match="visual_frames=52"):
         vqmae.VQMAEAV(visual_frames=52)
     with pytest.raises(ValueError, match="pooling='cls' needs a VQMAES"):

@@ -24,6 +24,7 @@ import numpy as np
 
 from avrep import audio as audio_lib
 from avrep.evaluation import metrics as metrics_lib
+from avrep.evaluation.sequence import batched_apply
 from avrep.evaluation.tables import summarize_rows
 from data_pipelines.pipelines import decode_utterance
 
@@ -134,21 +135,19 @@ def score_video(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any
     return {"summary": summarize_rows(per_utt, VISUAL_METRICS), "example": example}
 
 
-def visual_resynthesis(model, source, *, limit: int | None = None, chunk: int = 256) -> dict[str, Any]:
-    """Visual tokenizer: every frame of each test utterance through the VQ-VAE (see ``score_video``)."""
+def visual_resynthesis(model, source, *, limit: int | None = None, batch: int = 32) -> dict[str, Any]:
+    """Visual tokenizer: every frame of each test utterance through the VQ-VAE (see ``score_video``).
+
+    Frames go through in fixed batches (one compile); a small batch keeps the zero padding of an
+    utterance's last batch small (a 256-frame batch computed 3.6 times the frames of a 70-frame clip).
+    """
     hop = int(model.config.audio["hop"])
-    apply = jax.jit(lambda v, x: model.apply_fn(v, x)["recon"])
+    apply = jax.jit(lambda v, x: {"recon": model.apply_fn(v, x["frames"] - 0.5)["recon"] + 0.5})
 
     def pairs():
         for utt in _utterances(source, hop, limit):
             frames = utt["video"].astype(np.float32) / 255.0
-            recon = np.empty_like(frames)
-            for s in range(0, len(frames), chunk):
-                part = frames[s:s + chunk]
-                padded = np.zeros((chunk, *frames.shape[1:]), np.float32)  # static shape, one compile
-                padded[:len(part)] = part
-                recon[s:s + len(part)] = np.asarray(apply(model.variables, padded - 0.5))[:len(part)] + 0.5
-            yield frames, recon
+            yield frames, batched_apply(apply, model.variables, {"frames": frames}, batch)["recon"]
 
     return score_video(pairs())
 
