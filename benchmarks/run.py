@@ -195,8 +195,10 @@ def bench_vqmae(name, model, batch, steps):
         return optax.apply_updates(p, updates), o, key, loss
 
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, inputs, key).compile()
-    with batched_attention():  # the same FLOPs without the CPU attention loop, which cost analysis counts once
-        counted = jax.jit(step).lower(params, opt_state, inputs, key).compile()
+    # The same step with batched attention, for XLA's cost analysis (it counts the CPU attention loop's
+    # body once). A new function object: jit would reuse the trace of `step`, loop included.
+    with batched_attention():
+        counted = jax.jit(lambda *args: step(*args)).lower(params, opt_state, inputs, key).compile()
     carry = (params, opt_state, key)
     for _ in range(2):  # warm-up
         carry = compiled(*carry[:2], inputs, carry[2])[:3]

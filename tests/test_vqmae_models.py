@@ -499,6 +499,23 @@ def test_vqmaes_forward_with_frame_masking():
 # ------------------------------------------------------------------- losses ---
 
 
+def test_vqmae_loss_weights_each_modality():
+    rng = np.random.default_rng(0)
+
+    def stream(codes):
+        return {"logits": jnp.asarray(rng.normal(size=(2, 3, 4, codes)), jnp.float32),
+                "targets": jnp.asarray(rng.integers(0, codes, (2, 3, 4))),
+                "target_mask": jnp.asarray([[True, False, True], [True, True, False]])}
+
+    out = {"audio": stream(5), "visual": stream(7),
+           "global": {m: jnp.asarray(rng.normal(size=(2, 6)), jnp.float32) for m in vqmae.MODALITIES}}
+    loss, terms = vqmae.vqmae_loss(out)
+    np.testing.assert_allclose(loss, terms["ce_audio"] + terms["ce_visual"] + terms["nce"], rtol=1e-6)
+    weighted, same_terms = vqmae.vqmae_loss(out, modality_weights={"audio": 0.0, "visual": 2.0})
+    np.testing.assert_allclose(weighted, 2 * terms["ce_visual"] + terms["nce"], rtol=1e-6)
+    assert float(same_terms["ce_audio"]) == float(terms["ce_audio"]) > 0
+
+
 def test_info_nce_is_minimal_when_the_global_tokens_match():
     b, d, tau = 4, 8, 0.5
     info_nce = _jit(vqmae.info_nce, static_argnums=2)

@@ -559,7 +559,8 @@ _FORCE_BATCHED_ATTENTION = False
 
 @contextlib.contextmanager
 def batched_attention():
-    """Within this block, models traced use the batched attention form on every backend."""
+    """Within this block, models traced use the batched attention form on every backend. jit reuses
+    a function's earlier trace, so jit a new function object here (e.g. ``lambda *a: step(*a)``)."""
     global _FORCE_BATCHED_ATTENTION
     previous, _FORCE_BATCHED_ATTENTION = _FORCE_BATCHED_ATTENTION, True
     try:
@@ -1259,19 +1260,22 @@ def info_nce(u, v, temperature: float = 0.5):
 
 
 def vqmae_loss(outputs: Mapping[str, Any], *, temperature: float = 0.5,
-               contrastive_weight: float = 1.0):
+               contrastive_weight: float = 1.0, modality_weights: Mapping[str, float] | None = None):
     """L = Σ_modality CE(masked indices) + contrastive_weight · InfoNCE(w_a, w_v) (Eq. 5.5).
 
     ``outputs``: a VQMAEAV or VQMAES forward pass. Returns (loss, {"ce_audio",
     ["ce_visual", "nce"]}); the InfoNCE term is there when the outputs have global
-    tokens and ``contrastive_weight`` is not 0.
+    tokens and ``contrastive_weight`` is not 0. ``modality_weights`` ({"audio": w_a,
+    "visual": w_v}, default 1 each as the thesis) weight the cross-entropies (an ablation
+    knob; the reported terms stay unweighted).
     """
+    weights = {**{m: 1.0 for m in MODALITIES}, **(modality_weights or {})}
     terms = {}
     for name in MODALITIES:
         if name in outputs:
             o = outputs[name]
             terms[f"ce_{name}"] = masked_cross_entropy(o["logits"], o["targets"], o["target_mask"])
-    loss = sum(terms.values())
+    loss = sum(weights[name[3:]] * ce for name, ce in terms.items())
     if "global" in outputs and contrastive_weight:
         terms["nce"] = info_nce(outputs["global"]["audio"], outputs["global"]["visual"], temperature)
         loss = loss + contrastive_weight * terms["nce"]

@@ -133,6 +133,7 @@ class VQMAEPretrainTask(_IndexInputs):
         loss = config.get("loss", {})
         self.temperature = float(loss.get("temperature", 0.5))
         self.contrastive_weight = float(loss.get("contrastive_weight", 1.0))
+        self.modality_weights = {m: float(loss.get(f"{m}_weight", 1.0)) for m in ("audio", "visual")}
 
     @property
     def module(self):
@@ -152,7 +153,8 @@ class VQMAEPretrainTask(_IndexInputs):
 
     def loss(self, params, model_state, batch, rng, step):
         out = self._module.apply({"params": params}, *self.model_inputs(batch), rngs={"mask": rng})
-        loss, terms = vqmae_loss(out, temperature=self.temperature, contrastive_weight=self.contrastive_weight)
+        loss, terms = vqmae_loss(out, temperature=self.temperature, contrastive_weight=self.contrastive_weight,
+                                 modality_weights=self.modality_weights)
         metrics = dict(terms)
         for m in self.inputs:
             metrics[f"accuracy_{m}"] = masked_accuracy(out[m])
