@@ -21,7 +21,8 @@ from which one linear layer gives each index's logits. Where indices × code dim
 output back (``*_embedding/projection``, ``*_head_projection``). Learned position
 embeddings (one row per token of the longest clip, ``*_frames``; initialised N(0, 0.02²)
 as the code, or, ``position_init="sincos"``, with MAE's sin-cos table of each token's
-(time, frequency) or (time, row, column) group) and a learned modality embedding are added. A shorter clip (a whole number of token windows)
+(time, frequency) or (time, row, column) group) and a learned modality embedding are
+added. A shorter clip (a whole number of token windows)
 uses the first rows of the position embeddings: with the time-major order these are
 exactly its tokens. A 2 s clip (100 audio, 50 visual frames) gives 160 + 360 tokens.
 
