@@ -352,6 +352,19 @@ class _Grid:
         return tokenize_visual(x, self.patch_time, self.patch_space)
 
 
+def _audio_grid(model) -> _Grid:
+    """The audio grid of a model with the ``audio_*`` fields (VQMAEAV, VQMAES)."""
+    return _Grid("audio", type(model).__name__, model.audio_frames, (model.audio_bins,), model.audio_patch_time,
+                 model.audio_patch_freq, model.audio_codes, model.audio_code_dim, "audio_frames")
+
+
+def _visual_grid(model) -> _Grid:
+    """The visual grid of a model with the ``visual_*`` fields (VQMAEAV, VQMAEV)."""
+    return _Grid("visual", type(model).__name__, model.visual_frames, (model.visual_height, model.visual_width),
+                 model.visual_patch_time, model.visual_patch_size, model.visual_codes, model.visual_code_dim,
+                 "visual_frames")
+
+
 # ----------------------------------------------------------------- masking ---
 
 
@@ -999,12 +1012,7 @@ class VQMAEAV(nn.Module):
         super().__post_init__()
 
     def _grids(self) -> tuple[_Grid, _Grid]:
-        owner = type(self).__name__
-        return (_Grid("audio", owner, self.audio_frames, (self.audio_bins,), self.audio_patch_time,
-                      self.audio_patch_freq, self.audio_codes, self.audio_code_dim, "audio_frames"),
-                _Grid("visual", owner, self.visual_frames, (self.visual_height, self.visual_width),
-                      self.visual_patch_time, self.visual_patch_size, self.visual_codes,
-                      self.visual_code_dim, "visual_frames"))
+        return _audio_grid(self), _visual_grid(self)
 
     def setup(self):
         grids = self._grids()
@@ -1200,9 +1208,7 @@ class VQMAES(_UnimodalMAE):
     mask_unit: str = "frame"  # best in Table C.3; or "patch" (Patch-tf)
 
     def _grid(self) -> _Grid:
-        return _Grid("audio", type(self).__name__, self.audio_frames, (self.audio_bins,),
-                     self.audio_patch_time, self.audio_patch_freq, self.audio_codes, self.audio_code_dim,
-                     "audio_frames")
+        return _audio_grid(self)
 
 
 class VQMAEV(_UnimodalMAE):
@@ -1219,9 +1225,7 @@ class VQMAEV(_UnimodalMAE):
     mask_unit: str = "patch"
 
     def _grid(self) -> _Grid:
-        return _Grid("visual", type(self).__name__, self.visual_frames, (self.visual_height, self.visual_width),
-                     self.visual_patch_time, self.visual_patch_size, self.visual_codes, self.visual_code_dim,
-                     "visual_frames")
+        return _visual_grid(self)
 
 
 # ------------------------------------------------------------------ losses ---
