@@ -137,7 +137,10 @@ def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> 
         model.update(visual_frames=frames, visual_height=24, visual_width=24, visual_codes=512,
                      visual_code_dim=dims["visual_code_dim"])
     if kind == "av":
-        model.update(encoder_fusion=fusion, decoder_fusion=fusion, masking="dirichlet", global_tokens=True)
+        # Paired ratios (example 2k + 1 gets example 2k's draw swapped): the same expected loss as
+        # independent draws (each example's ratios are still Dir(1, 1)), two examples per buffer row.
+        model.update(encoder_fusion=fusion, decoder_fusion=fusion, masking="dirichlet", global_tokens=True,
+                     paired_ratios=True)
     else:
         model.update(mask_unit="frame" if kind == "audio" else "patch", mask_ratio=0.8)
     return model

@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if "nocontrastive" in variants:
             c.model.global_tokens = False
         if "fixed80" in variants:
-            c.model.masking, c.model.mask_ratio = "fixed", 0.8
+            c.model.masking, c.model.mask_ratio, c.model.paired_ratios = "fixed", 0.8, False
     if "voxceleb2" in variants:
         c.data.name = "voxceleb2/vqmae"
     # audio_weight / visual_weight scale the two cross-entropies (1 and 1 in the thesis; an ablation knob).

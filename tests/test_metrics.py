@@ -149,6 +149,24 @@ def test_ssim_matches_skimage():
       pytest.approx(metrics.ssim(ref[0], est[0]), abs=1e-9))
 
 
+def test_differentiable_ssim_equals_the_metric():
+  """avrep.nn.losses.ssim (the tokenizer's training term) computes the evaluation's SSIM,
+  and its gradient raises it."""
+  import jax
+  import jax.numpy as jnp
+
+  from avrep.nn.losses import ssim
+
+  ref, est = _images()
+  est[2] = 0.8 * ref[2] + 0.1
+  got = ssim(jnp.asarray(ref, jnp.float32), jnp.asarray(est, jnp.float32))
+  np.testing.assert_allclose(got, metrics.image_metrics(ref, est)["ssim"], atol=2e-5)
+  x, y = jnp.asarray(ref, jnp.float32), jnp.asarray(est, jnp.float32)
+  grad = jax.grad(lambda y: jnp.sum(ssim(x, y)))(y)
+  assert np.isfinite(np.asarray(grad)).all()
+  assert np.all(np.asarray(ssim(x, y + 0.5 * grad / jnp.max(jnp.abs(grad)) * 0.01)) > np.asarray(got))
+
+
 def test_scc_matches_sewar():
   ref, est = _images()
   ref[1, :20, :20] = 0.0  # flat black region: exact-zero windows count as 0

@@ -159,6 +159,28 @@ def test_visual_augmentation_flips_and_scales_colours():
     assert 0.1 < np.log(per_channel[:, 0]).std() < 0.3
 
 
+def test_ssim_weight_adds_the_ssim_term(smoke_data_dir):
+    """model.ssim_weight (visual tokenizer) adds ssim_weight · (1 - SSIM) to the MSE loss."""
+    config = _smoke(vqvae_visual, smoke_data_dir)
+    config.data.augment.update(hflip=False, color_jitter=0.0)
+    source = pipelines.open_source(config.data.name, "train", smoke_data_dir)
+    losses = {}
+    for weight in (0.0, 0.5):
+        config.model.ssim_weight = weight
+        task = build_task(config)
+        batch = next(pipelines.training_iterator(source, task.pipeline, task.framing, seed=0))
+        variables = task.init_variables(jax.random.key(0), batch)
+        params, state = variables.pop("params"), variables
+        losses[weight] = task.loss(params, state, batch, jax.random.key(1), 0)
+    (plain, _), (weighted, (metrics, _)) = losses[0.0], losses[0.5]
+    assert 0.0 < float(metrics["ssim"]) < 1.0
+    np.testing.assert_allclose(float(weighted) - float(plain), 0.5 * (1.0 - float(metrics["ssim"])), rtol=1e-4)
+    audio = _smoke(vqvae_audio, smoke_data_dir)
+    audio.model.ssim_weight = 0.1
+    with pytest.raises(ValueError, match="config key model.ssim_weight"):
+        build_task(audio)
+
+
 def test_diverged_loss_stops_the_run_naming_the_step(smoke_data_dir, tmp_path):
     config = _smoke(vqvae_audio, smoke_data_dir, log_every=4)
     config.optimizer.learning_rate = float("nan")  # the first update makes every parameter NaN

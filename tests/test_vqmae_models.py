@@ -449,14 +449,16 @@ def test_padded_buffer_matches_exact_buffer(tiny_av):
         np.testing.assert_allclose(exact["global"][name], padded["global"][name], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("mask_unit", ["patch", "frame"])
-def test_packed_saf_buffer_matches_padded_buffers(mask_unit):
+@pytest.mark.parametrize("mask_unit,paired", [("patch", False), ("frame", False), ("patch", True),
+                                               ("frame", True)])
+def test_packed_saf_buffer_matches_padded_buffers(mask_unit, paired):
     """SAF with Dirichlet ratios packs both modalities' visible tokens into one buffer of a
-    static bound; the same draw passed as an override runs the padded per-modality buffers
-    (no packing). Same masks -> same loss, global tokens and gradients."""
+    static bound (with paired ratios, two examples per row, and their masked tokens' logits
+    too); the same draw passed as an override runs the padded per-modality buffers (no
+    packing). Same masks -> same loss, global tokens and gradients."""
     # frame masking: 8 windows of 2 audio / 4 visual tokens, so that the bound is below 16 + 32
     cfg = {**TINY_AV, "encoder_fusion": "saf", "decoder_fusion": "saf", "mask_unit": mask_unit,
-           **({"audio_frames": 16, "visual_frames": 8} if mask_unit == "frame" else {})}
+           "paired_ratios": paired, **({"audio_frames": 16, "visual_frames": 8} if mask_unit == "frame" else {})}
     model = vqmae.VQMAEAV(**cfg)
     a, v = _av_inputs(batch=8, cfg=cfg)
     params = _random_params(lambda a, v: model.init(_rngs(KEY), a, v), a, v)
@@ -464,6 +466,12 @@ def test_packed_saf_buffer_matches_padded_buffers(mask_unit):
     size = vqmae.packed_saf_slots(model, {"audio": n_a, "visual": n_v})
     # the largest visible total of a coupled draw, < N_a + N_v
     assert size == (16 + 1 if mask_unit == "patch" else 2 * 1 + 4 * 8)
+    pairs = vqmae.paired_slots(model, {"audio": n_a, "visual": n_v})
+    if paired:  # U + max(l, 1) visible units, U + 1 masked ones per pair (units of 1 / 2 / 4 tokens)
+        assert pairs == ({"encoder": 9 + 17, "audio": 9, "visual": 17} if mask_unit == "patch" else
+                         {"encoder": 2 * 9 + 4 * 9, "audio": 2 * 9, "visual": 4 * 9})
+    else:
+        assert pairs is None
 
     def loss(p, key, ratio):
         out = model.apply(p, a, v, mask_ratio=ratio, rngs={"mask": key})
@@ -474,14 +482,47 @@ def test_packed_saf_buffer_matches_padded_buffers(mask_unit):
         key = jax.random.key(10 + i)
         _, ratio = _jit(lambda k: model.apply({}, model.tokenize(a, v), method=vqmae.VQMAEAV.sample_masking,
                                               rngs={"mask": k}))(key)
+        if paired:  # example 2k + 1: example 2k's draw swapped
+            np.testing.assert_array_equal(ratio[1::2], ratio[0::2, ::-1])
         (l_packed, packed), g_packed = grad(params, key, None)
         (l_padded, padded), g_padded = grad(params, key, ratio)
-        assert padded["audio"]["logits"].shape == packed["audio"]["logits"].shape
+        if paired:
+            assert packed["audio"]["logits"].shape[:2] == (4, pairs["audio"])
+            assert packed["visual"]["logits"].shape[:2] == (4, pairs["visual"])
+        else:
+            assert padded["audio"]["logits"].shape == packed["audio"]["logits"].shape
         for name in vqmae.MODALITIES:
             np.testing.assert_array_equal(packed[name]["masked"], padded[name]["masked"])
+            np.testing.assert_array_equal(packed[name]["target_mask"].sum(), padded[name]["target_mask"].sum())
             np.testing.assert_allclose(packed["global"][name], padded["global"][name], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(l_packed, l_padded, rtol=1e-5)
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-5), g_packed, g_padded)
+
+
+def test_paired_bounds_hold_for_every_coupled_draw():
+    """paired_slots bounds a pair's visible and masked totals for every draw (p, 1 - p) and
+    its swap, float32 rounding included, at the paper's clip and both mask units."""
+    grid = np.linspace(0.0, 1.0, 20001, dtype=np.float32)
+    ps = np.concatenate([grid, np.nextafter(grid, 0), np.nextafter(grid, 1)]).clip(0, 1)
+    for unit in ("patch", "frame"):
+        model = vqmae.VQMAEAV(encoder_fusion="saf", mask_unit=unit, paired_ratios=True)
+        sizes = vqmae.paired_slots(model, {"audio": 160, "visual": 360})
+        visible_total = 0
+        for name, (n_units, per), p in zip(vqmae.MODALITIES,
+                                           ((160, 1), (360, 1)) if unit == "patch" else ((10, 16), (10, 36)),
+                                           (ps, np.float32(1) - ps)):
+            # example 2k: ratio p; example 2k + 1: the partner's draw, 1 - p as float32 computes it
+            vis = sum(np.asarray(vqmae.num_visible_units(jnp.asarray(q), n_units, 1, n_units)) * per
+                      for q in (p, np.float32(1) - p))
+            assert int((2 * n_units * per - vis).max()) <= sizes[name]
+            visible_total = visible_total + vis
+        assert int(visible_total.max()) <= sizes["encoder"] < 2 * vqmae.packed_saf_slots(
+            model, {"audio": 160, "visual": 360})
+    # frame masking: units of 16 audio / 36 visual tokens, 10 windows
+    assert vqmae.paired_slots(model, {"audio": 160, "visual": 360}) == {"audio": 16 * 11, "visual": 36 * 11,
+                                                                          "encoder": 16 * 11 + 36 * 11}
+    patch = vqmae.VQMAEAV(encoder_fusion="saf", paired_ratios=True)
+    assert vqmae.paired_slots(patch, {"audio": 160, "visual": 360}) == {"audio": 161, "visual": 361, "encoder": 522}
 
 
 def test_vqmaes_forward_with_frame_masking():

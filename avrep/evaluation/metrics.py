@@ -26,8 +26,9 @@ import warnings
 import numpy as np
 import pesq as pesq_lib
 import pystoi
-from scipy import ndimage
 from threadpoolctl import threadpool_limits
+
+from avrep.nn.losses import SSIM_K1, SSIM_K2, ssim_window_matrices
 
 # ----------------------------------------------------------------------------
 # Audio
@@ -111,8 +112,6 @@ def audio_metrics(reference, estimate,
 # ----------------------------------------------------------------------------
 # Images
 
-_SSIM_SIGMA, _SSIM_TRUNCATE, _SSIM_K1, _SSIM_K2 = 1.5, 3.5, 0.01, 0.03
-_SSIM_RADIUS = int(_SSIM_TRUNCATE * _SSIM_SIGMA + 0.5)  # 5 -> 11-tap window
 _SCC_WINDOW = 8
 # Images per block: about 64k values each (5 images of 64x64x3), so the dozen
 # float64 work arrays of a block stay in cache; larger blocks ran slower.
@@ -138,21 +137,6 @@ class _Workspace:
     if buf is None or buf.size < size:
       buf = self._buffers[name] = np.empty(size)
     return buf[:size].reshape(shape)
-
-
-def _gaussian_matrix(n: int) -> np.ndarray:
-  """``G`` with ``G @ x`` = ndimage's reflect-mode 11-tap Gaussian of ``x``."""
-  return ndimage.gaussian_filter1d(np.eye(n), _SSIM_SIGMA, axis=0,
-                                   mode="reflect", truncate=_SSIM_TRUNCATE)
-
-
-def _ssim_matrices(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-  """Gaussian matrices cropped to the rows that enter the SSIM mean."""
-  r = _SSIM_RADIUS
-  if min(h, w) < 2 * r + 1:
-    raise ValueError(f"images of {h}x{w} px are smaller than the "
-                     f"{2 * r + 1}x{2 * r + 1} SSIM window")
-  return _gaussian_matrix(h)[r:h - r], _gaussian_matrix(w)[r:w - r]
 
 
 def _box_matrix(n: int) -> np.ndarray:
@@ -189,8 +173,8 @@ def _ssim_batch(xy: np.ndarray, data_range: float, g_h: np.ndarray,
   np.multiply(y, y, out=maps[3])
   np.multiply(x, y, out=maps[4])
   ux, uy, uxx, uyy, uxy = _filter2d(maps, g_h, g_w, ws)
-  c1 = (_SSIM_K1 * data_range) ** 2
-  c2 = (_SSIM_K2 * data_range) ** 2
+  c1 = (SSIM_K1 * data_range) ** 2
+  c2 = (SSIM_K2 * data_range) ** 2
   num = np.multiply(ux, uy, out=ws.get("tmp", ux.shape))
   uxy -= num          # cov(x, y)
   num *= 2
@@ -285,7 +269,7 @@ def image_metrics(ref_batch, est_batch,
   """
   ref, est = _as_batch(ref_batch, est_batch)
   n, h, w, _ = ref.shape
-  g_h, g_w = _ssim_matrices(h, w)
+  g_h, g_w = ssim_window_matrices(h, w)
   b_h, b_w = _box_matrix(h), _box_matrix(w)
   ws = _Workspace()
   block = max(1, _BLOCK_VALUES // (h * w * ref.shape[3]))
@@ -334,7 +318,7 @@ def psnr(ref, est, data_range: float = 1.0) -> float:
 def ssim(ref, est, data_range: float = 1.0) -> float:
   """SSIM of one ``[H, W]`` or ``[H, W, C]`` image (settings: module doc)."""
   xy, ws = _single(ref, est)
-  g_h, g_w = _ssim_matrices(*xy.shape[-2:])
+  g_h, g_w = ssim_window_matrices(*xy.shape[-2:])
   return float(_ssim_batch(xy, data_range, g_h, g_w, ws)[0])
 
 

@@ -49,6 +49,16 @@ trick bounds the masked tokens: the loss gathers a static ``N - min_visible`` sl
 from the masked end of the shuffle. Different ratio draws therefore never change a
 shape (compiled once, the whole training step included; tested).
 
+**Paired ratios** (``paired_ratios``, our option, on in the configs): example 2k + 1 gets
+example 2k's draw swapped, (p_v, p_a). Each example's ratios are still Dir(1, 1) (α
+symmetric), so the expected loss is that of independent draws; but a pair's visible
+tokens then add up to about N_a + N_v and its masked tokens of a modality to about N,
+whatever the draw (:func:`paired_slots`). The SAF encoder therefore runs one row per
+pair (attention kept within each example by a segment mask): 522 slots for two 2 s
+clips instead of 2 · 361, and the masked tokens' logits are gathered per pair: 161 / 361
+slots instead of 2 · 159 / 2 · 359. Same loss, global tokens and gradients as the padded
+buffers for the same masks (tested).
+
 Dirichlet ratios are drawn per example by default (``ratio_per_example``; the code
 draws once per batch, which ``False`` reproduces; the thesis does not say). A
 modality keeps at least ``min_visible`` masking units (default 1) so that its global
@@ -624,8 +634,12 @@ def _attention_core_bwd(res, do):
 _attention_core_looped.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
-def _key_mask(valid):
-    """[B, K] key validity -> [B, 1, 1, K] attention mask (None: all keys)."""
+def _attention_mask(valid, segment=None):
+    """[B, K] key validity -> [B, 1, 1, K] attention mask (None: all keys). ``segment`` [B, K]
+    (paired rows, :func:`_pair_rows`): which example of the row a slot holds, -1 for padding;
+    a slot then attends only to its own example's slots -> [B, 1, K, K]."""
+    if segment is not None:
+        return (segment[:, None, :, None] == segment[:, None, None, :]) & (segment >= 0)[:, None, None, :]
     return None if valid is None else valid[:, None, None, :]
 
 
@@ -655,16 +669,16 @@ class Block(nn.Module):
     """Pre-LN transformer block (timm ``Block``): x + MHSA(LN(x)), then x + MLP(LN(x)).
 
     ``valid`` [B, N] excludes padding slots as keys (their own outputs are ignored
-    downstream).
+    downstream); ``segment`` (see :func:`_attention_mask`) keeps two packed examples apart.
     """
 
     num_heads: int
     mlp_ratio: float
 
     @nn.compact
-    def __call__(self, x, valid=None):
+    def __call__(self, x, valid=None, segment=None):
         h = _layer_norm("norm1")(x)
-        x = x + _attention(self.num_heads, "attn")(h, h, mask=_key_mask(valid))
+        x = x + _attention(self.num_heads, "attn")(h, h, mask=_attention_mask(valid, segment))
         return x + MLP(int(self.mlp_ratio * x.shape[-1]), name="mlp")(_layer_norm("norm2")(x))
 
 
@@ -681,7 +695,7 @@ class CrossAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, q, kv, kv_valid=None):
-        a = _attention(self.num_heads, "attn")(q, kv, kv, mask=_key_mask(kv_valid))
+        a = _attention(self.num_heads, "attn")(q, kv, kv, mask=_attention_mask(kv_valid))
         if self.residual_attention:
             a = a + q
         base = a if self.residual_attention else q
@@ -697,9 +711,9 @@ class Stack(nn.Module):
     final_norm: bool
 
     @nn.compact
-    def __call__(self, x, valid=None):
+    def __call__(self, x, valid=None, segment=None):
         for i in range(self.depth):
-            x = Block(self.num_heads, self.mlp_ratio, name=f"block_{i}")(x, valid)
+            x = Block(self.num_heads, self.mlp_ratio, name=f"block_{i}")(x, valid, segment)
         return _layer_norm("norm")(x) if self.final_norm else x
 
 
@@ -730,12 +744,14 @@ class Fusion(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, a, v, valid_a=None, valid_v=None):
-        """``v=None`` (SAF only): ``a`` is already the joint sequence (a packed buffer)."""
+    def __call__(self, a, v, valid_a=None, valid_v=None, segment=None):
+        """``v=None`` (SAF only): ``a`` is already the joint sequence (a packed buffer, whose
+        ``segment`` [B, K] says which example each slot holds if it holds two)."""
         if v is None:
             if self.kind != "saf":
                 raise ValueError("Fusion: a single packed sequence needs kind='saf'")
-            return Stack(self.depth, self.num_heads, self.mlp_ratio, self.final_norm, name="stack")(a, valid_a)
+            return Stack(self.depth, self.num_heads, self.mlp_ratio, self.final_norm, name="stack")(a, valid_a,
+                                                                                                   segment)
         n_a = a.shape[1]
         both = jnp.concatenate([a, v], axis=1)
         both_valid = _concat_valid(a, v, valid_a, valid_v)
@@ -804,10 +820,18 @@ def _index_head(grid: _Grid, width: int, prefix: str):
     return lambda y: head(projection(y).reshape(*y.shape[:-1], grid.indices_per_token, grid.code_dim))
 
 
-def _prediction(head, y, tokens, masking: Masking, all_logits: bool):
-    """Logits of the masked tokens' indices, their targets and which slots count."""
+def _prediction(head, y, tokens, masking: Masking, all_logits: bool, pair_slots: int | None = None):
+    """Logits of the masked tokens' indices, their targets and which slots count.
+
+    ``pair_slots`` (paired ratios): the masked tokens of examples 2k and 2k + 1 share row k of
+    that many slots, so logits come as [B/2, pair_slots, n, k] (the loss is a mean over the
+    batch's masked indices either way)."""
     if all_logits:
         sel, targets, target_mask = y, tokens, masking.masked
+    elif pair_slots is not None:
+        n = masking.order.shape[1]
+        ids, segment, _ = _pair_rows(masking.order, masking.num_visible, n - masking.num_visible, n, pair_slots)
+        sel, targets, target_mask = _gather(_pairs(y), ids), _gather(_pairs(tokens), ids), segment >= 0
     else:
         ids = masking.masked_ids
         sel, targets, target_mask = _gather(y, ids), _gather(tokens, ids), masking.masked_valid
@@ -832,12 +856,15 @@ class _AVStack(nn.Module):
 class _AVEncoder(_AVStack):
     @nn.compact
     def __call__(self, tokens: Mapping[str, jax.Array], maskings: Mapping[str, Masking] | None,
-                 packed: int | None = None):
+                 packed: int | None = None, paired: int | None = None):
         """-> (z, valid, offsets): per modality its encoder outputs [B, K, D], which slots hold
         its visible tokens [B, K] (None: all) and where its slots start ([B] or 0).
 
         ``packed`` (SAF, coupled ratios): one joint buffer of that many slots, the visible audio
         tokens then the visible visual tokens then padding; both modalities share it.
+        ``paired`` (with ``packed``, paired ratios): examples 2k and 2k + 1 share one buffer
+        row of that many slots, attending only within their own example; each example's
+        z is that row (its slots start at ``offsets``).
         """
         xs, valid = {}, {}
         for g in self.grids:
@@ -851,9 +878,18 @@ class _AVEncoder(_AVStack):
             valid[g.name] = None if maskings is None else maskings[g.name].valid
         fusion = Fusion(self.fusion, self.depth, self.num_heads, self.mlp_ratio, final_norm=True, name="fusion")
         if packed is not None:
+            x = jnp.concatenate([xs["audio"], xs["visual"]], axis=1)
             ids, valid, offsets = _pack_visible(maskings["audio"], maskings["visual"], packed)
-            z = fusion(_gather(jnp.concatenate([xs["audio"], xs["visual"]], axis=1), ids), None,
-                       valid["audio"] | valid["visual"])
+            if paired is None:
+                z = fusion(_gather(x, ids), None, valid["audio"] | valid["visual"])
+                return {"audio": z, "visual": z}, valid, offsets
+            n_a, n_v = maskings["audio"].num_visible, maskings["visual"].num_visible
+            ids, segment, start = _pair_rows(ids, jnp.zeros_like(n_a), n_a + n_v, x.shape[1], paired)
+            z = jnp.repeat(fusion(_gather(_pairs(x), ids), None, segment >= 0, segment=segment), 2, axis=0)
+            slots = jnp.arange(paired)
+            offsets = {"audio": start, "visual": start + n_a}
+            valid = {name: (slots >= offsets[name][:, None]) & (slots < (offsets[name] + n)[:, None])
+                     for name, n in (("audio", n_a), ("visual", n_v))}
             return {"audio": z, "visual": z}, valid, offsets
         z_a, z_v = fusion(xs["audio"], xs["visual"], valid["audio"], valid["visual"])
         return {"audio": z_a, "visual": z_v}, valid, {"audio": 0, "visual": 0}
@@ -904,9 +940,62 @@ def packed_saf_slots(model, num_tokens: Mapping[str, int]) -> int | None:
     return size if size < n["audio"] + n["visual"] else None
 
 
+def _pairs(x):
+    """[B, N, ...] -> [B/2, 2N, ...]: examples 2k and 2k + 1 concatenated along the token axis."""
+    return x.reshape(x.shape[0] // 2, 2 * x.shape[1], *x.shape[2:])
+
+
+def _pair_rows(ids, start, count, stride: int, size: int):
+    """Lists of examples 2k and 2k + 1 in one row of ``size`` slots: ``ids[2k, start[2k]:][:count[2k]]``,
+    then ``stride + ids[2k + 1, start[2k + 1]:][:count[2k + 1]]``, then padding. ``ids`` [B, L] index
+    per-example arrays of ``stride`` entries; the rows index :func:`_pairs` of them.
+
+    -> (row ids [B/2, size], segment [B/2, size]: 0 or 1 for the example a slot holds, -1 for
+    padding; each example's first slot in its row [B]).
+    """
+    b, length = ids.shape
+    slots = jnp.arange(size)
+    c0, c1 = count[0::2, None], count[1::2, None]
+
+    def take(rows, first):  # rows[first + j] for every slot j, clipped (padding reads a real entry)
+        return jnp.take_along_axis(rows, jnp.clip(first + slots, 0, length - 1), axis=1)
+
+    row = jnp.where(slots < c0, take(ids[0::2], start[0::2, None]), stride + take(ids[1::2], start[1::2, None] - c0))
+    segment = jnp.where(slots < c0, 0, jnp.where(slots < c0 + c1, 1, -1))
+    first = jnp.stack([jnp.zeros_like(c0[:, 0]), c0[:, 0]], axis=1).reshape(b)
+    return row, segment, first
+
+
+def paired_slots(model, num_tokens: Mapping[str, int]) -> dict[str, int] | None:
+    """Static row sizes for VQMAEAV's paired ratios (None if they are off): per modality the
+    masked slots of a pair of examples, and with a SAF encoder its joint visible ``"encoder"`` slots.
+
+    Example 2k + 1 gets example 2k's draw swapped, (p_v, p_a) = (1 - p_a, p_a) up to float32
+    rounding, so a modality of U masking units of s tokens keeps
+    round(U(1 - p)) + round(U p) ∈ [U - 1, U + 1] units visible over the pair, and with the
+    floor l at least max(U - 1, 2l) and at most U + max(l, 1) (a unit clipped up to l means
+    the other round() is at most U). A pair of 2 s clips: 161 + 361 = 522 encoder slots for
+    2 · 361, and 161 / 361 masked slots for 2 · 159 / 2 · 359.
+    """
+    if not model.paired_ratios:
+        return None
+    sizes = {}
+    encoder = 0
+    for g in model._grids():
+        unit = g.tokens_per_window if model.mask_unit == "frame" else 1
+        units = num_tokens[g.name] // unit
+        floor = min(model.min_visible, units)
+        sizes[g.name] = unit * min(units + 1, 2 * units - 2 * floor)
+        encoder += unit * min(units + max(floor, 1), 2 * units)
+    if model.encoder_fusion == "saf":
+        sizes["encoder"] = encoder
+    return sizes
+
+
 class _AVDecoder(_AVStack):
     @nn.compact
-    def __call__(self, z, valid, offsets, maskings: Mapping[str, Masking], tokens, all_logits: bool):
+    def __call__(self, z, valid, offsets, maskings: Mapping[str, Masking], tokens, all_logits: bool,
+                 pair_slots: Mapping[str, int] | None = None):
         mask_token = self.param("mask_token", _pos_init, (self.width,))
         xs = {}
         for g in self.grids:
@@ -919,7 +1008,8 @@ class _AVDecoder(_AVStack):
         out = {}
         for g, y in zip(self.grids, ys):
             head = _index_head(g, self.width, f"{g.name}_")
-            out[g.name] = _prediction(head, y, tokens[g.name], maskings[g.name], all_logits)
+            out[g.name] = _prediction(head, y, tokens[g.name], maskings[g.name], all_logits,
+                                      None if pair_slots is None else pair_slots[g.name])
         return out
 
 
@@ -962,7 +1052,8 @@ class VQMAEAV(nn.Module):
     ``__call__(audio, visual)`` (pre-training forward; needs the ``"mask"`` RNG) returns
     {"audio" | "visual": {"logits" [B, M, n, k], "targets" [B, M, n], "target_mask"
     [B, M], "masked" [B, N], "mask_fraction" [B]}, "global": {"audio" | "visual":
-    [B, width]} (if ``global_tokens``)}; feed it to :func:`vqmae_loss`. ``encode``
+    [B, width]} (if ``global_tokens``)}; feed it to :func:`vqmae_loss`. With paired ratios
+    the logits, targets and target mask come per pair of examples: [B/2, M', ...]. ``encode``
     gives every token's encoder output, unmasked, for fine-tuning.
     """
 
@@ -996,6 +1087,7 @@ class VQMAEAV(nn.Module):
     dirichlet_alpha: tuple[float, float] = (1.0, 1.0)
     mask_unit: str = "patch"  # or "frame"
     ratio_per_example: bool = True  # False: one Dirichlet draw per batch, as the code
+    paired_ratios: bool = False  # True: example 2k + 1 gets example 2k's draw swapped (see module doc)
     min_visible: int = 1  # masking units always left visible per modality
 
     def __post_init__(self):
@@ -1007,6 +1099,12 @@ class VQMAEAV(nn.Module):
         if len(self.dirichlet_alpha) != 2 or min(self.dirichlet_alpha) <= 0:
             raise ValueError(f"VQMAEAV.dirichlet_alpha={self.dirichlet_alpha}: expected two positive "
                              f"concentrations (audio, visual)")
+        if self.paired_ratios and not (self.masking == "dirichlet" and self.ratio_per_example
+                                       and self.dirichlet_alpha[0] == self.dirichlet_alpha[1]):
+            raise ValueError(f"VQMAEAV.paired_ratios needs masking='dirichlet' (got {self.masking!r}), "
+                             f"ratio_per_example=True (got {self.ratio_per_example}) and equal "
+                             f"dirichlet_alpha (got {self.dirichlet_alpha}): the swapped draw must have "
+                             f"the same distribution")
         for g, prefix in zip(self._grids(), ("audio", "visual")):
             g.check(self.width, prefix)
         super().__post_init__()
@@ -1050,9 +1148,15 @@ class VQMAEAV(nn.Module):
         if mask_ratio is not None:
             ratio = _ratio_override(mask_ratio, batch, "VQMAEAV", 2)
         elif self.masking == "dirichlet":
-            shape = (batch,) if self.ratio_per_example else ()
             alpha = jnp.asarray(self.dirichlet_alpha, jnp.float32)
-            ratio = jnp.broadcast_to(jax.random.dirichlet(k_ratio, alpha, shape), (batch, 2))
+            if self.paired_ratios:
+                if batch % 2:
+                    raise ValueError(f"VQMAEAV.paired_ratios: the batch ({batch}) must be even")
+                ratio = jax.random.dirichlet(k_ratio, alpha, (batch // 2,))
+                ratio = jnp.stack([ratio, ratio[:, ::-1]], axis=1).reshape(batch, 2)
+            else:
+                shape = (batch,) if self.ratio_per_example else ()
+                ratio = jnp.broadcast_to(jax.random.dirichlet(k_ratio, alpha, shape), (batch, 2))
         else:
             ratio = jnp.full((batch, 2), self.mask_ratio, jnp.float32)
         maskings = {g.name: _mask_modality(self, k, ratio[:, i], g, tokens[g.name].shape[1], batch, exact)
@@ -1070,11 +1174,13 @@ class VQMAEAV(nn.Module):
         tokens = self.tokenize(audio, visual)
         maskings, _ = self.sample_masking(tokens, mask_ratio)
         # Coupled ratios (not a call-time override, which may not sum to 1): SAF packs both
-        # modalities' visible tokens into one buffer of a static bound (packed_saf_slots).
-        packed = None if mask_ratio is not None else packed_saf_slots(
-            self, {k: t.shape[1] for k, t in tokens.items()})
-        z, valid, offsets = self.encoder(tokens, maskings, packed)
-        out = self.decoder(z, valid, offsets, maskings, tokens, all_logits)
+        # modalities' visible tokens into one buffer of a static bound (packed_saf_slots), and
+        # paired ratios put two examples in each row (paired_slots).
+        num_tokens = {k: t.shape[1] for k, t in tokens.items()}
+        packed = None if mask_ratio is not None else packed_saf_slots(self, num_tokens)
+        pairs = None if mask_ratio is not None else paired_slots(self, num_tokens)
+        z, valid, offsets = self.encoder(tokens, maskings, packed, pairs and pairs.get("encoder"))
+        out = self.decoder(z, valid, offsets, maskings, tokens, all_logits, None if all_logits else pairs)
         for name, m in maskings.items():
             n = m.order.shape[1]
             out[name].update(masked=m.masked, mask_fraction=1.0 - m.num_visible / n)
@@ -1323,7 +1429,7 @@ class _PostNormLayer(nn.Module):
     def __call__(self, x, memory=None, memory_valid=None):
         x = _layer_norm("norm1")(x + _attention(self.num_heads, "self_attn")(x, x))
         if memory is not None:
-            attn = _attention(self.num_heads, "cross_attn")(x, memory, memory, mask=_key_mask(memory_valid))
+            attn = _attention(self.num_heads, "cross_attn")(x, memory, memory, mask=_attention_mask(memory_valid))
             x = _layer_norm("norm2")(x + attn)
         h = nn.Dense(self.mlp_dim, kernel_init=_dense_init, name="fc1")(x)
         h = nn.Dense(x.shape[-1], kernel_init=_dense_init, name="fc2")(nn.relu(h))

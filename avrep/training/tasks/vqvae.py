@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from avrep import audio as audio_lib
 from avrep.models.vqvae import build_vqvae
-from avrep.nn.losses import itakura_saito_from_log, mse
+from avrep.nn.losses import itakura_saito_from_log, mse, ssim
 from avrep.training.features import audio_frames_to_power, video_to_model_range
 from avrep.training.tasks.base import Task
 from data_pipelines.pipelines import PipelineSpec
@@ -38,6 +38,10 @@ class VQVAETask(Task):
         self.recon_loss = str(model_cfg.pop("recon_loss", "itakura_saito" if self.modality == "audio" else "mse"))
         if self.recon_loss not in ("itakura_saito", "mse"):
             raise ValueError(f"config key model.recon_loss must be 'itakura_saito' or 'mse', got {self.recon_loss!r}")
+        # Our option (the papers: MSE alone): + ssim_weight * (1 - SSIM), SSIM as the evaluation computes it.
+        self.ssim_weight = float(model_cfg.pop("ssim_weight", 0.0))
+        if self.ssim_weight < 0 or (self.ssim_weight > 0 and self.modality != "visual"):
+            raise ValueError(f"config key model.ssim_weight must be >= 0, and 0 for audio, got {self.ssim_weight}")
         self._module = build_vqvae(model_cfg)
 
     @property
@@ -72,4 +76,8 @@ class VQVAETask(Task):
         loss = recon + out["commitment_loss"]
         metrics = {"recon_loss": recon, "commitment_loss": out["commitment_loss"],
                    "perplexity": out["perplexity"], "codebook_usage": out["usage"]}
+        if self.ssim_weight > 0:  # images in [-0.5, 0.5]; SSIM's luminance term wants [0, 1]
+            similarity = jnp.mean(ssim(x + 0.5, out["recon"] + 0.5))
+            loss = loss + self.ssim_weight * (1.0 - similarity)
+            metrics["ssim"] = similarity
         return loss, (metrics, dict(new_state))
