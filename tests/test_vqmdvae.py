@@ -96,6 +96,11 @@ def test_feature_cache_skips_short_utterances_and_is_reused(smoke_data_dir, toke
     mtime = os.path.getmtime(tmp_path / "c" / "audio.bin")
     build_feature_cache(str(tmp_path / "c"), frozen, source, min_frames=cutoff)  # same fingerprint: reused
     assert os.path.getmtime(tmp_path / "c" / "audio.bin") == mtime
+    for modality in ("audio", "visual"):  # the same tokenizers through symlinked run directories: reused too
+        os.symlink(tokenizers[modality], tmp_path / f"link_{modality}")
+        config.tokenizers[modality] = str(tmp_path / f"link_{modality}")
+    build_feature_cache(str(tmp_path / "c"), FrozenTokenizers(config), source, min_frames=cutoff)
+    assert os.path.getmtime(tmp_path / "c" / "audio.bin") == mtime
 
 
 @pytest.mark.parametrize("key, value, message", [

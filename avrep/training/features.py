@@ -75,7 +75,8 @@ class FrozenTokenizers:
                 raise ValueError(f"config key tokenizers.{modality}={path} is a "
                                  f"{model.config.get('task')}/{model.config.model.get('modality')} run; "
                                  f"expected a {modality} VQ-VAE")
-            self.models[modality], self.paths[modality] = model, os.path.abspath(path)
+            # Resolved: a run reached through a symlinked directory is the same tokenizer (same cache key).
+            self.models[modality], self.paths[modality] = model, os.path.realpath(path)
         size = int(config["data"]["image_size"])
         bins = int(self.audio_cfg["n_fft"]) // 2 + 1
         self.latent_shapes = {
