@@ -911,6 +911,14 @@ def _pack_visible(m_a: Masking, m_v: Masking, size: int):
     return ids, valid, {"audio": jnp.zeros_like(n_a[:, 0]), "visual": n_a[:, 0]}
 
 
+def _masking_units(module, grid: _Grid, num_tokens: int) -> tuple[int, int, int]:
+    """(units, tokens per unit, floor of visible units) of one modality's masking: whole token
+    windows ("frame") or single tokens ("patch"), at least ``min_visible`` units left visible."""
+    unit = grid.tokens_per_window if module.mask_unit == "frame" else 1
+    units = num_tokens // unit
+    return units, unit, min(module.min_visible, units)
+
+
 def packed_saf_slots(model, num_tokens: Mapping[str, int]) -> int | None:
     """Static size of VQMAEAV's packed SAF encoder buffer, or None if it does not apply.
 
@@ -924,13 +932,8 @@ def packed_saf_slots(model, num_tokens: Mapping[str, int]) -> int | None:
     """
     if model.encoder_fusion != "saf" or model.masking != "dirichlet":
         return None
-    (g_a, g_v), n = model._grids(), num_tokens
-    counts = []
-    for g in (g_a, g_v):
-        unit = g.tokens_per_window if model.mask_unit == "frame" else 1
-        units = n[g.name] // unit
-        counts.append((units, unit, min(model.min_visible, units)))
-    (ua, sa, la), (uv, sv, lv) = counts
+    n = num_tokens
+    (ua, sa, la), (uv, sv, lv) = (_masking_units(model, g, n[g.name]) for g in model._grids())
     i = np.arange(ua + 1)[:, None]  # visible audio units, before the floor
     j = np.arange(uv + 1)[None, :]
     lo = np.maximum(np.maximum(1 - (i + 0.5) / ua, (j - 0.5) / uv), 0.0)
@@ -982,9 +985,7 @@ def paired_slots(model, num_tokens: Mapping[str, int]) -> dict[str, int] | None:
     sizes = {}
     encoder = 0
     for g in model._grids():
-        unit = g.tokens_per_window if model.mask_unit == "frame" else 1
-        units = num_tokens[g.name] // unit
-        floor = min(model.min_visible, units)
+        units, unit, floor = _masking_units(model, g, num_tokens[g.name])
         sizes[g.name] = unit * min(units + 1, 2 * units - 2 * floor)
         encoder += unit * min(units + max(floor, 1), 2 * units)
     if model.encoder_fusion == "saf":
@@ -1036,9 +1037,7 @@ def _check_masking_fields(module) -> None:
 
 def _mask_modality(module, key, ratio, grid: _Grid, num_tokens: int, batch: int, exact: bool):
     """Masking of one modality; ``exact``: the ratio is the static ``mask_ratio`` field."""
-    unit = grid.tokens_per_window if module.mask_unit == "frame" else 1
-    units = num_tokens // unit
-    lo = min(module.min_visible, units)
+    units, unit, lo = _masking_units(module, grid, num_tokens)
     hi = units
     if exact:  # a fixed ratio known at trace time: an exact, padding-free buffer
         lo = hi = num_visible_units(float(module.mask_ratio), units, lo, units)
