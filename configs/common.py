@@ -67,7 +67,8 @@ def stage2_config(name: str, task: str, model: dict, *, smoke: bool, raw: bool) 
     c.data.feature_cache = True
     c.data.feature_cache_dir = ""
     # "none": features as they come (the papers); "standardize": per-dimension mean / std of the training
-    # inputs (see avrep/training/tasks/mdvae.py and the README for the measured trade-off).
+    # inputs; "modality": per-dimension mean, one std per modality (see avrep/training/tasks/mdvae.py and
+    # the README for the measured trade-offs).
     c.feature_scaling = "none"
     c.model = ml_collections.ConfigDict(model)
     # "elbo": the per-sequence negative ELBO (spec §1.4); "code": the authors' scaling (spec §10.10).

@@ -13,6 +13,7 @@ global batch assembled across processes is identical, row for row, to a single-p
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from typing import Any, Mapping, Sequence
 
@@ -42,7 +43,10 @@ class CheckedSource:
     """A random-access source whose read errors name the dataset, split and record."""
 
     def __init__(self, name: str, split: str, data_dir: str | None):
-        self.description = f"{name}[{split}] in {data_dir or 'the TFDS default data_dir'}"
+        # The resolved path: feature caches fingerprint the description, and runs that reach the same data
+        # through a symlink must share them.
+        where = os.path.realpath(data_dir) if data_dir else "the TFDS default data_dir"
+        self.description = f"{name}[{split}] in {where}"
         try:
             self._source = tfds.data_source(name, split=split, data_dir=data_dir)
         except Exception as e:  # TFDS raises several types for a missing/incomplete dataset.

@@ -99,7 +99,9 @@ def test_feature_cache_skips_short_utterances_and_is_reused(smoke_data_dir, toke
     for modality in ("audio", "visual"):  # the same tokenizers through symlinked run directories: reused too
         os.symlink(tokenizers[modality], tmp_path / f"link_{modality}")
         config.tokenizers[modality] = str(tmp_path / f"link_{modality}")
-    build_feature_cache(str(tmp_path / "c"), FrozenTokenizers(config), source, min_frames=cutoff)
+    os.symlink(smoke_data_dir, tmp_path / "link_data")  # and the same data through a symlinked data_dir
+    linked_source = pipelines.open_source(config.data.name, "test", str(tmp_path / "link_data"))
+    build_feature_cache(str(tmp_path / "c"), FrozenTokenizers(config), linked_source, min_frames=cutoff)
     assert os.path.getmtime(tmp_path / "c" / "audio.bin") == mtime
 
 
@@ -150,11 +152,12 @@ def test_baseline_configs_train_and_reconstruct(smoke_data_dir, tokenizers, tmp_
                         "vqjointmvae:smoke": "VQ-JointMVAE", "vqmdvae:raw,smoke": "MDVAE"}[config_arg]
 
 
-def test_standardized_features_are_stored_and_undone(smoke_data_dir, tokenizers, tmp_path):
+@pytest.mark.parametrize("scaling", ["standardize", "modality"])
+def test_scaled_features_are_stored_and_undone(smoke_data_dir, tokenizers, tmp_path, scaling):
     from avrep.evaluation.sequence import SequenceModel
 
     config = _config(smoke_data_dir, tokenizers)
-    config.feature_scaling = "standardize"
+    config.feature_scaling = scaling
     loop.train(config, str(tmp_path / "run"))
     model = load_checkpoint(tmp_path / "run")
     from avrep.training.features import FeatureSource
@@ -163,7 +166,9 @@ def test_standardized_features_are_stored_and_undone(smoke_data_dir, tokenizers,
     visual = np.concatenate([source[i]["x_visual"] for i in range(len(source))])
     stats = model.variables["feature_stats"]
     np.testing.assert_allclose(stats["visual_mean"], visual.mean(0), atol=1e-4)
-    np.testing.assert_allclose(stats["visual_std"], visual.std(0), rtol=1e-3, atol=1e-5)
+    # "standardize": one std per dimension; "modality": the root mean per-dimension variance, for every dimension.
+    std = visual.std(0) if scaling == "standardize" else np.full(visual.shape[1], np.sqrt(visual.var(0).mean()))
+    np.testing.assert_allclose(stats["visual_std"], std, rtol=1e-3, atol=1e-5)
     # Decoding returns features on the original scale: the inverse of the scaling is applied.
     seq = SequenceModel(model)
     x = source[0]

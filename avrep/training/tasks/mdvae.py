@@ -9,11 +9,13 @@ inputs, per frame:
   and "DSAE" rows. Log power, not power: a unit-variance Gaussian on linear power would only
   model the few loudest bins (my choice; the paper gives no details).
 
-``feature_scaling``: "none" (the paper: features as they come) or "standardize" (per-dimension
-mean and std of the training inputs, kept in the checkpoint's ``feature_stats`` collection). The
+``feature_scaling``: "none" (the paper: features as they come), "standardize" (per-dimension
+mean and std of the training inputs, kept in the checkpoint's ``feature_stats`` collection) or
+"modality" (per-dimension mean, one std per modality: the root mean per-dimension variance). The
 VQ visual features have a per-dimension variance near 0.016 against 2.2 for audio, so under the
 unit-variance likelihood the visual dynamics cost little to ignore and z_v collapses;
-standardising gives every dimension the same weight (measured trade-off in the README).
+standardising gives every dimension the same weight, but also amplifies near-constant dimensions;
+"modality" only rebalances the two modalities (measured trade-offs in the README).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from data_pipelines.pipelines import PipelineSpec
 
 FAMILIES = {"mdvae": MDVAE, "dsae": DSAE, "jointmvae": JointMVAE}
 FEATURES = ("vq", "raw")
-SCALINGS = ("none", "standardize")
+SCALINGS = ("none", "standardize", "modality")
 STATS = "feature_stats"  # variable collection of the per-dimension input statistics (feature_scaling)
 
 
@@ -96,12 +98,13 @@ class SequenceVAETask(Task):
             directory = feature_cache_dir(self.config, workdir, str(self.config["data"]["train_split"]))
             source = shared_feature_cache(directory, self.tokenizers, source,
                                           min_frames=self.pipeline.frames_per_example)
-        if self.scaling == "standardize":
+        if self.scaling != "none":
             self._stats = self._feature_stats(source)
         return source
 
     def _feature_stats(self, source, max_utterances: int = 256) -> dict[str, np.ndarray]:
-        """Per-dimension mean and std of the inputs over (up to ``max_utterances``) training utterances."""
+        """Per-dimension mean and std of the inputs over (up to ``max_utterances``) training utterances; with
+        ``feature_scaling: modality`` the std is one number per modality, repeated over its dimensions."""
         idx = np.linspace(0, len(source) - 1, min(len(source), max_utterances)).astype(int)
         if isinstance(source, FeatureSource):
             frames = [(r["x_audio"], r["x_visual"]) for r in (source[i] for i in idx)]
@@ -114,8 +117,11 @@ class SequenceVAETask(Task):
         for k, m in enumerate(("audio", "visual")):
             if m in self.inputs:
                 x = np.concatenate([f[k] for f in frames]).astype(np.float64)
+                std = x.std(0)
+                if self.scaling == "modality":
+                    std = np.full_like(std, np.sqrt(np.mean(std ** 2)))
                 stats[f"{m}_mean"] = x.mean(0).astype(np.float32)
-                stats[f"{m}_std"] = np.maximum(x.std(0), 1e-3 * x.std(0).mean() + 1e-8).astype(np.float32)
+                stats[f"{m}_std"] = np.maximum(std, 1e-3 * std.mean() + 1e-8).astype(np.float32)
         return stats
 
     def scale(self, variables, x: dict[str, jax.Array], inverse: bool = False) -> dict[str, jax.Array]:
