@@ -879,17 +879,15 @@ class _AVEncoder(_AVStack):
         fusion = Fusion(self.fusion, self.depth, self.num_heads, self.mlp_ratio, final_norm=True, name="fusion")
         if packed is not None:
             x = jnp.concatenate([xs["audio"], xs["visual"]], axis=1)
-            ids, valid, offsets = _pack_visible(maskings["audio"], maskings["visual"], packed)
-            if paired is None:
-                z = fusion(_gather(x, ids), None, valid["audio"] | valid["visual"])
-                return {"audio": z, "visual": z}, valid, offsets
+            ids = _pack_visible(maskings["audio"], maskings["visual"], packed)
             n_a, n_v = maskings["audio"].num_visible, maskings["visual"].num_visible
-            ids, segment, start = _pair_rows(ids, jnp.zeros_like(n_a), n_a + n_v, x.shape[1], paired)
-            z = jnp.repeat(fusion(_gather(_pairs(x), ids), None, segment >= 0, segment=segment), 2, axis=0)
-            slots = jnp.arange(paired)
-            offsets = {"audio": start, "visual": start + n_a}
-            valid = {name: (slots >= offsets[name][:, None]) & (slots < (offsets[name] + n)[:, None])
-                     for name, n in (("audio", n_a), ("visual", n_v))}
+            if paired is None:
+                start = jnp.zeros_like(n_a)
+                z = fusion(_gather(x, ids), None, jnp.arange(packed) < (n_a + n_v)[:, None])
+            else:
+                ids, segment, start = _pair_rows(ids, jnp.zeros_like(n_a), n_a + n_v, x.shape[1], paired)
+                z = jnp.repeat(fusion(_gather(_pairs(x), ids), None, segment >= 0, segment=segment), 2, axis=0)
+            valid, offsets = _packed_ranges(ids.shape[1], start, n_a, n_v)
             return {"audio": z, "visual": z}, valid, offsets
         z_a, z_v = fusion(xs["audio"], xs["visual"], valid["audio"], valid["visual"])
         return {"audio": z_a, "visual": z_v}, valid, {"audio": 0, "visual": 0}
@@ -898,17 +896,25 @@ class _AVEncoder(_AVStack):
 def _pack_visible(m_a: Masking, m_v: Masking, size: int):
     """One buffer of ``size`` slots: slot j < n_a holds audio token order_a[j], slot
     n_a + j (j < n_v) visual token N_a + order_v[j] (ids into concat(audio, visual)),
-    the rest is padding. -> (ids [B, size], {modality: its slots [B, size]}, {modality:
-    its first slot [B]})."""
-    n_a, n_v = m_a.num_visible[:, None], m_v.num_visible[:, None]
+    the rest is padding. -> ids [B, size]."""
+    n_a = m_a.num_visible[:, None]
     slots = jnp.arange(size)
     ids_a = jnp.take_along_axis(m_a.order, jnp.broadcast_to(jnp.minimum(slots, m_a.order.shape[1] - 1),
                                                             (n_a.shape[0], size)), axis=1)
     j_v = jnp.clip(slots - n_a, 0, m_v.order.shape[1] - 1)
     ids_v = m_a.order.shape[1] + jnp.take_along_axis(m_v.order, j_v, axis=1)
-    ids = jnp.where(slots < n_a, ids_a, ids_v)
-    valid = {"audio": slots < n_a, "visual": (slots >= n_a) & (slots < n_a + n_v)}
-    return ids, valid, {"audio": jnp.zeros_like(n_a[:, 0]), "visual": n_a[:, 0]}
+    return jnp.where(slots < n_a, ids_a, ids_v)
+
+
+def _packed_ranges(size: int, start, n_a, n_v):
+    """Where each modality sits in a packed row of ``size`` slots whose example starts at slot
+    ``start`` [B] (its n_a visible audio tokens, then its n_v visual ones) -> ({modality: its
+    slots [B, size]}, {modality: its first slot [B]})."""
+    slots = jnp.arange(size)
+    offsets = {"audio": start, "visual": start + n_a}
+    valid = {name: (slots >= offsets[name][:, None]) & (slots < (offsets[name] + n)[:, None])
+             for name, n in (("audio", n_a), ("visual", n_v))}
+    return valid, offsets
 
 
 def _masking_units(module, grid: _Grid, num_tokens: int) -> tuple[int, int, int]:
