@@ -129,6 +129,33 @@ def test_loss_normalizations_and_beta():
         mdvae.mdvae_loss(outputs, {"visual": x[:, :2]})
 
 
+def test_calibrated_likelihood_weights_each_modality_by_its_own_error():
+    b, t = 2, 3
+    x = {"audio": jax.random.normal(KEY, (b, t, 4)), "visual": jax.random.normal(_key(1), (b, t, 6))}
+    err = {"audio": 2.0, "visual": 0.1}  # squared errors 4 and 0.01
+    outputs = dict(recon={m: v + err[m] for m, v in x.items()},
+                   latents=dict(w=dict(mean=jnp.zeros((b, 3)), logvar=jnp.zeros((b, 3)))))
+    terms = mdvae.mdvae_loss(outputs, x, likelihood="calibrated")
+    for m, v in x.items():  # variance = the mean squared error: NLL = D T / 2 (log 2 pi var + 1) per sequence
+        n = t * v.shape[-1]
+        np.testing.assert_allclose(terms[f"recon_{m}"], 0.5 * n * (np.log(2 * np.pi * err[m] ** 2) + 1), rtol=1e-5)
+
+    def loss(recon, likelihood):
+        return mdvae.mdvae_loss(dict(outputs, recon=recon), x, likelihood=likelihood)["loss"]
+
+    unit = jax.grad(loss)(outputs["recon"], "unit")
+    calibrated = jax.grad(loss)(outputs["recon"], "calibrated")
+    for m in x:  # the gradient is the unit-variance one divided by the modality's own error (held constant)
+        np.testing.assert_allclose(calibrated[m], unit[m] / err[m] ** 2, rtol=1e-5)
+    per_modality = mdvae.mdvae_loss(outputs, x, likelihood="visual=calibrated")
+    np.testing.assert_allclose(per_modality["recon_visual"], terms["recon_visual"], rtol=1e-6)
+    np.testing.assert_allclose(per_modality["recon_audio"], mdvae.mdvae_loss(outputs, x)["recon_audio"], rtol=1e-6)
+    with pytest.raises(ValueError, match="needs normalization='elbo'"):
+        mdvae.mdvae_loss(outputs, x, likelihood="calibrated", normalization="code")
+    with pytest.raises(ValueError, match="per modality"):
+        mdvae.mdvae_loss(outputs, x, likelihood="video=calibrated")
+
+
 # ------------------------------------------------------------------ MDVAE ---
 
 

@@ -109,6 +109,7 @@ def test_feature_cache_skips_short_utterances_and_is_reused(smoke_data_dir, toke
     ("tokenizers.audio", "", "tokenizers.audio is empty"),
     ("tokenizers.visual", "AUDIO", r"tokenizers.visual=.* is a vqvae/audio run; expected a visual VQ-VAE"),
     ("loss.normalization", "mean", "loss.normalization must be one of"),
+    ("loss.likelihood", "video=calibrated", r"loss.likelihood='video=calibrated': expected one of"),
     ("model.dim_q", 3, r"mdvae config \(config key model\): unknown key\(s\) \['dim_q'\]"),
 ])
 def test_bad_stage2_config_is_named(smoke_data_dir, tokenizers, key, value, message):

@@ -127,6 +127,7 @@ BLOCK_ACTIVATIONS = {
                  audio_decoder="tanh", visual_decoder="relu"),
 }
 NORMALIZATIONS = ("elbo", "code")
+LIKELIHOODS = ("unit", "calibrated")
 SAMPLE_RNG = "sample"
 
 
@@ -568,8 +569,27 @@ def _kl(latent, normalization: str):
     return _reduce(kl, normalization)
 
 
+def likelihood_kinds(likelihood: str, modalities, normalization: str = "elbo") -> dict[str, str]:
+    """{modality: "unit" | "calibrated"} from one kind for every modality ("calibrated") or per modality
+    ("visual=calibrated[,audio=unit]"; modalities left out: "unit"); a ValueError says what is wrong."""
+    if "=" not in likelihood:
+        kinds, unknown = {m: likelihood for m in modalities}, []
+    else:
+        per_modality = {m.strip(): k.strip() for m, _, k in (p.partition("=") for p in likelihood.split(","))}
+        kinds = {m: per_modality.get(m, "unit") for m in modalities}
+        unknown = sorted(set(per_modality) - set(modalities))
+    if unknown or any(k not in LIKELIHOODS for k in kinds.values()):
+        raise ValueError(f"likelihood={likelihood!r}: expected one of {LIKELIHOODS}, or per modality "
+                         f"'modality=kind,...' with modalities from {sorted(modalities)}")
+    if normalization != "elbo" and set(kinds.values()) != {"unit"}:
+        raise ValueError(f"likelihood={likelihood!r}: 'calibrated' needs normalization='elbo', got "
+                         f"{normalization!r}")
+    return kinds
+
+
 def mdvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
-               beta: float | jax.Array = 1.0, normalization: str = "elbo") -> dict[str, jax.Array]:
+               beta: float | jax.Array = 1.0, normalization: str = "elbo",
+               likelihood: str = "unit") -> dict[str, jax.Array]:
     """Negative ELBO (spec §1.4) of MDVAE / DSAE / JointMVAE outputs, and its terms.
 
     outputs: a model's ``{"recon": {modality: mean}, "latents": {name: {mean,
@@ -579,9 +599,14 @@ def mdvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
     beta * sum(kl). ``normalization``: "elbo" (default) per-sequence negative ELBO,
     unit-variance Gaussian NLL (SSE/2 + const), mean over the batch; "code" the
     authors' code: SSE and dynamical KLs / (B·T), static KLs / B (spec §1.4, §10.10).
+    ``likelihood``: "unit" (the papers) or "calibrated" (our option, "elbo" only: the modality's
+    Gaussian variance is its batch mean squared error, held constant in the gradient, the optimal
+    sigma of Rybkin et al. 2021, so its reconstruction is weighted by its own error), for every
+    modality or per modality ("visual=calibrated"; see :func:`likelihood_kinds`).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"mdvae_loss: normalization={normalization!r}: expected one of {NORMALIZATIONS}")
+    kinds = likelihood_kinds(likelihood, outputs["recon"], normalization)
     terms = {}
     for m, x_hat in outputs["recon"].items():
         if m not in targets:
@@ -590,7 +615,9 @@ def mdvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
         if x.shape != x_hat.shape:
             raise ValueError(f"mdvae_loss: targets[{m!r}] has shape {x.shape}; expected {x_hat.shape}")
         if normalization == "elbo":
-            per_frame = gaussian.gaussian_nll(x, x_hat)
+            logvar = 0.0 if kinds[m] == "unit" else jnp.log(
+                jax.lax.stop_gradient(jnp.mean(jnp.square(x - x_hat))) + 1e-8)
+            per_frame = gaussian.gaussian_nll(x, x_hat, logvar)
         else:
             per_frame = jnp.sum(jnp.square(x - x_hat), axis=-1)
         terms[f"recon_{m}"] = _reduce(per_frame, normalization)
@@ -604,10 +631,10 @@ def mdvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
 
 def jointmvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
                    beta: float | jax.Array = 1.0, alpha: float | jax.Array = 1.0,
-                   normalization: str = "elbo") -> dict[str, jax.Array]:
+                   normalization: str = "elbo", likelihood: str = "unit") -> dict[str, jax.Array]:
     """JMVAE-kl loss (Th Eq. 2.33, spec §5.3): ``mdvae_loss`` plus alpha * sum_m
     KL(q(z | x_a, x_v) || q(z | x_m)), reported as "kl_unimodal_<modality>"."""
-    terms = mdvae_loss(outputs, targets, beta=beta, normalization=normalization)
+    terms = mdvae_loss(outputs, targets, beta=beta, normalization=normalization, likelihood=likelihood)
     joint = outputs["latents"]["z"]
     for m, q in outputs["unimodal"].items():
         kl = _kl(dict(mean=joint["mean"], logvar=joint["logvar"],

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from avrep.models.config import module_from_config
-from avrep.models.mdvae import DSAE, MDVAE, NORMALIZATIONS, JointMVAE, jointmvae_loss, mdvae_loss
+from avrep.models.mdvae import (DSAE, MDVAE, NORMALIZATIONS, JointMVAE, jointmvae_loss, likelihood_kinds,
+                                 mdvae_loss)
 from avrep.models.vqvae import LOG_EPS
 from avrep.training.features import (FeatureSource, FrozenTokenizers, audio_frames_to_power, feature_cache_dir,
                                      iter_utterance_features, shared_feature_cache, utterance_frames,
@@ -60,6 +61,11 @@ class SequenceVAETask(Task):
             raise ValueError(f"config key loss.normalization must be one of {NORMALIZATIONS}, "
                              f"got {self.normalization!r}")
         self.kl_warmup_steps = int(loss_cfg["kl_warmup_steps"])
+        self.likelihood = str(loss_cfg.get("likelihood", "unit"))
+        try:
+            likelihood_kinds(self.likelihood, self.inputs, self.normalization)
+        except ValueError as e:
+            raise ValueError(f"config key loss.{e}") from None
         self.alpha = float(loss_cfg.get("alpha", 1.0))  # JointMVAE's unimodal-KL weight
         # Loaded here, not inside a traced function: restoring a checkpoint needs concrete arrays.
         self.tokenizers = FrozenTokenizers(config) if self.feature_kind == "vq" else None
@@ -199,9 +205,10 @@ class SequenceVAETask(Task):
                                  rngs={"sample": rng})
         beta = self.kl_weight(step)
         if self.family == "jointmvae":
-            terms = jointmvae_loss(out, x, beta=beta, alpha=self.alpha, normalization=self.normalization)
+            terms = jointmvae_loss(out, x, beta=beta, alpha=self.alpha, normalization=self.normalization,
+                                   likelihood=self.likelihood)
         else:
-            terms = mdvae_loss(out, x, beta=beta, normalization=self.normalization)
+            terms = mdvae_loss(out, x, beta=beta, normalization=self.normalization, likelihood=self.likelihood)
         loss = terms.pop("loss")
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x[m])) for m in self.inputs]))
         metrics = dict(terms, kl_weight=beta, features_finite=finite.astype(jnp.float32))
