@@ -1,17 +1,24 @@
 """Evaluates trained runs and writes metric tables and figures into <workdir>/eval/.
 
-  python evaluate.py --workdir W          # every run under W (e.g. the default pipeline's stages)
-  python evaluate.py --workdir W/vqvae_audio --limit 20
+python evaluate.py --workdir W          # every run under W (e.g. the default pipeline's stages)
+python evaluate.py --workdir W/vqvae_audio --limit 20
 """
+
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory, or a directory of runs.", required=True)
 _LIMIT = flags.DEFINE_integer("limit", None, "Evaluate at most this many test utterances per run.")
 _GL_ITERS = flags.DEFINE_integer("griffin_lim_iters", 32, "Griffin-Lim iterations (librosa's default is 32).")
-_EMOTION_SPLITS = flags.DEFINE_list("emotion_splits", ["train", "validation", "test"],
-                                    "Splits whose utterances the emotion-recognition table uses (w of MDVAE/DSAE runs).")
-_SWAP_COUNT = flags.DEFINE_integer("swap_count", 8, "Transformation experiment: donor/recipient sequences "
-                                   "(count * (count - 1) ordered pairs; the paper uses 50 x 50).")
+_EMOTION_SPLITS = flags.DEFINE_list(
+    "emotion_splits",
+    ["train", "validation", "test"],
+    "Splits whose utterances the emotion-recognition table uses (w of MDVAE/DSAE runs).",
+)
+_SWAP_COUNT = flags.DEFINE_integer(
+    "swap_count",
+    8,
+    "Transformation experiment: donor/recipient sequences (count * (count - 1) ordered pairs; the paper uses 50 x 50).",
+)
 _DENOISE_COUNT = flags.DEFINE_integer("denoise_count", 24, "Denoising experiment: test sequences.")
 
 
@@ -20,9 +27,14 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)  # Orbax logs every file operation (and read-only opens)
     from avrep.evaluation.runner import evaluate_workdir
 
-    evaluate_workdir(_WORKDIR.value, limit=_LIMIT.value, griffin_lim_iters=_GL_ITERS.value,
-                     emotion_splits=tuple(_EMOTION_SPLITS.value), swap_count=_SWAP_COUNT.value,
-                     denoise_count=_DENOISE_COUNT.value)
+    evaluate_workdir(
+        _WORKDIR.value,
+        limit=_LIMIT.value,
+        griffin_lim_iters=_GL_ITERS.value,
+        emotion_splits=tuple(_EMOTION_SPLITS.value),
+        swap_count=_SWAP_COUNT.value,
+        denoise_count=_DENOISE_COUNT.value,
+    )
 
 
 if __name__ == "__main__":

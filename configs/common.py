@@ -1,4 +1,5 @@
 """Shared config blocks. Every experiment config builds on these."""
+
 from __future__ import annotations
 
 import ml_collections
@@ -24,28 +25,46 @@ def base_config(setting: str, smoke: bool) -> ml_collections.ConfigDict:
     s = SETTINGS[setting]
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data = ml_collections.ConfigDict(dict(
-        name=s["dataset"] + ("_smoke" if smoke else ""), data_dir="", train_split="train",
-        eval_split="test", image_size=s["image_size"], fps=s["fps"],
-        # Host memory for slim decoded training records (data_pipelines.pipelines._SlimCache); 0 = off.
-        cache_mb=2048))
-    c.audio = ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=1024, hop=s["hop"], window="hann",
-                                             pad_mode="constant"))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            name=s["dataset"] + ("_smoke" if smoke else ""),
+            data_dir="",
+            train_split="train",
+            eval_split="test",
+            image_size=s["image_size"],
+            fps=s["fps"],
+            # Host memory for slim decoded training records (data_pipelines.pipelines._SlimCache); 0 = off.
+            cache_mb=2048,
+        )
+    )
+    c.audio = ml_collections.ConfigDict(
+        dict(sample_rate=16000, n_fft=1024, hop=s["hop"], window="hann", pad_mode="constant")
+    )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))
-    # log_batch_digest and simulate_preemption_at_step exist for the resume tests.
-    c.train = ml_collections.ConfigDict(dict(num_steps=1000, log_every=50, checkpoint_every=500,
-                                             max_checkpoints_to_keep=2, log_batch_digest=False,
-                                             simulate_preemption_at_step=-1))
+    c.train = ml_collections.ConfigDict(
+        dict(num_steps=1000, log_every=50, checkpoint_every=500, max_checkpoints_to_keep=2)
+    )
+    # Test hooks: a digest of every batch in batches.process<i>.jsonl; SIGKILL after a step (resume tests).
+    c.debug = ml_collections.ConfigDict(dict(log_batch_digest=False, simulate_preemption_at_step=-1))
     return c
 
 
-def frame_training(c: ml_collections.ConfigDict, *, examples_per_batch: int, frames_per_example: int,
-                   learning_rate: float, num_steps: int, smoke: bool, smoke_frames: int) -> None:
+def frame_training(
+    c: ml_collections.ConfigDict,
+    *,
+    examples_per_batch: int,
+    frames_per_example: int,
+    learning_rate: float,
+    num_steps: int,
+    smoke: bool,
+    smoke_frames: int,
+) -> None:
     """Batch, Adam with warm-up and cosine decay, and schedule of a frame-wise (tokenizer) run."""
     c.data.examples_per_batch = examples_per_batch
     c.data.frames_per_example = frames_per_example
-    c.optimizer = ml_collections.ConfigDict(dict(name="adam", learning_rate=learning_rate, schedule="cosine",
-                                                 warmup_steps=50, final_fraction=0.05))
+    c.optimizer = ml_collections.ConfigDict(
+        dict(name="adam", learning_rate=learning_rate, schedule="cosine", warmup_steps=50, final_fraction=0.05)
+    )
     c.train.num_steps = num_steps
     c.train.checkpoint_every = max(num_steps // 4, 1)
     if smoke:
@@ -60,18 +79,17 @@ def stage2_config(name: str, task: str, model: dict, *, smoke: bool, raw: bool) 
     c.name, c.task = name, task
     # Run directories of the frozen tokenizers (the default pipeline fills them in); unused with raw inputs.
     c.tokenizers = ml_collections.ConfigDict(dict(audio="", visual=""))
-    # Inputs: "vq" the tokenizers' features; "raw" log power spectra and pixels.
-    c.features = "raw" if raw else "vq"
+    # kind: "vq" the tokenizers' features; "raw" log power spectra and pixels.
+    # scaling: "none": features as they come (the papers); "standardize": per-dimension mean / std of the
+    # training inputs; "modality": per-dimension mean, one std per modality (see avrep/tasks/mdvae.py and
+    # docs/RESULTS.md for the measured trade-offs).
+    c.features = ml_collections.ConfigDict(dict(kind="raw" if raw else "vq", scaling="none"))
     # VQ features computed once into a cache (3x faster on CPU) instead of in every step; the cache lives
     # in <workdir>/feature_cache/<split>, or <feature_cache_dir>/<split> if set (shared between runs).
     c.data.feature_cache = True
     c.data.feature_cache_dir = ""
-    # "none": features as they come (the papers); "standardize": per-dimension mean / std of the training
-    # inputs; "modality": per-dimension mean, one std per modality (see avrep/training/tasks/mdvae.py and
-    # the README for the measured trade-offs).
-    c.feature_scaling = "none"
     c.model = ml_collections.ConfigDict(model)
-    # "elbo": the per-sequence negative ELBO (spec §1.4); "code": the authors' scaling (spec §10.10).
+    # "elbo": the per-sequence negative ELBO ([MDVAE] Sec. 2.4); "code": the authors' scaling ([code-mdvae]).
     # likelihood "unit": unit-variance Gaussians (the papers); "calibrated": each modality's variance is its
     # batch mean squared error, or per modality "visual=calibrated" (our option; avrep/models/mdvae.mdvae_loss,
     # README for the measured trade-off).
@@ -79,8 +97,9 @@ def stage2_config(name: str, task: str, model: dict, *, smoke: bool, raw: bool) 
     c.data.examples_per_batch = 32
     c.data.frames_per_example = 30  # T
     # The authors: Adam 2e-5, batch 1024, 1000 epochs on GPU; CPU-sized here.
-    c.optimizer = ml_collections.ConfigDict(dict(name="adam", learning_rate=1e-3, schedule="cosine",
-                                                 warmup_steps=50, final_fraction=0.05))
+    c.optimizer = ml_collections.ConfigDict(
+        dict(name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=50, final_fraction=0.05)
+    )
     c.train.num_steps = 2000
     c.train.checkpoint_every = 500
     if smoke:
@@ -95,7 +114,7 @@ def vqmae_config(name: str, task: str, *, smoke: bool, paper: bool) -> ml_collec
 
     CPU-sized unless ``paper``: clips of 1 s (25 video, 50 audio frames; the thesis's code uses 2 s) and
     a narrower, shallower transformer (set by the configs). AdamW (0.9, 0.95), weight decay 0.05, cosine
-    schedule with warm-up (spec §5, §9).
+    schedule with warm-up ([Sadok-thesis] Sec. 5.3.1).
     """
     c = base_config("vqmae", smoke)
     c.name, c.task = name, task
@@ -105,9 +124,18 @@ def vqmae_config(name: str, task: str, *, smoke: bool, paper: bool) -> ml_collec
     c.data.feature_cache_dir = ""
     c.data.frames_per_example = 50 if paper else 25  # video frames per clip (audio: twice as many)
     c.data.examples_per_batch = 128 if paper else 16
-    c.optimizer = ml_collections.ConfigDict(dict(name="adamw", learning_rate=5e-4, b1=0.9, b2=0.95,
-                                                 weight_decay=0.05, schedule="cosine", warmup_steps=100,
-                                                 final_fraction=0.0))
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            learning_rate=5e-4,
+            b1=0.9,
+            b2=0.95,
+            weight_decay=0.05,
+            schedule="cosine",
+            warmup_steps=100,
+            final_fraction=0.0,
+        )
+    )
     if smoke:
         c.data.frames_per_example, c.data.examples_per_batch = 10, 8
         c.optimizer.warmup_steps = 2
@@ -116,7 +144,7 @@ def vqmae_config(name: str, task: str, *, smoke: bool, paper: bool) -> ml_collec
 
 
 def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> dict:
-    """Fields of a VQ-MAE module (avrep.training.tasks.vqmae.MODELS[kind]).
+    """Fields of a VQ-MAE module (avrep.tasks.vqmae.MODELS[kind]).
 
     Paper: width 320 (40 audio indices x 8, 80 visual x 4), 4 heads, MLP ratio 2, 12 / 4 blocks, learned
     positions from N(0, 0.02²). CPU: width 160, 4 / 2 blocks, 8 values per index embedding for both
@@ -125,26 +153,38 @@ def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> 
     table (neighbouring tokens are related from the first step); smoke: width 80, 1 / 1 block.
     """
     if smoke:
-        size, dims = dict(width=80, num_heads=2, encoder_depth=1, decoder_depth=1), dict(audio_code_dim=2,
-                                                                                          visual_code_dim=1)
+        size, dims = (
+            dict(width=80, num_heads=2, encoder_depth=1, decoder_depth=1),
+            dict(audio_code_dim=2, visual_code_dim=1),
+        )
     elif paper:
-        size, dims = dict(width=320, num_heads=4, encoder_depth=12, decoder_depth=4), dict(audio_code_dim=8,
-                                                                                             visual_code_dim=4)
+        size, dims = (
+            dict(width=320, num_heads=4, encoder_depth=12, decoder_depth=4),
+            dict(audio_code_dim=8, visual_code_dim=4),
+        )
     else:
-        size, dims = dict(width=160, num_heads=4, encoder_depth=4, decoder_depth=2), dict(audio_code_dim=8,
-                                                                                            visual_code_dim=8)
+        size, dims = (
+            dict(width=160, num_heads=4, encoder_depth=4, decoder_depth=2),
+            dict(audio_code_dim=8, visual_code_dim=8),
+        )
     frames = 50 if paper else (10 if smoke else 25)
     model = dict(kind=kind, mlp_ratio=2.0, position_init="normal" if paper else "sincos", **size)
     if kind in ("av", "audio"):
         model.update(audio_frames=2 * frames, audio_bins=64, audio_codes=256, audio_code_dim=dims["audio_code_dim"])
     if kind in ("av", "visual"):
-        model.update(visual_frames=frames, visual_height=24, visual_width=24, visual_codes=512,
-                     visual_code_dim=dims["visual_code_dim"])
+        model.update(
+            visual_frames=frames,
+            visual_height=24,
+            visual_width=24,
+            visual_codes=512,
+            visual_code_dim=dims["visual_code_dim"],
+        )
     if kind == "av":
         # Paired ratios (example 2k + 1 gets example 2k's draw swapped): the same expected loss as
         # independent draws (each example's ratios are still Dir(1, 1)), two examples per buffer row.
-        model.update(encoder_fusion=fusion, decoder_fusion=fusion, masking="dirichlet", global_tokens=True,
-                     paired_ratios=True)
+        model.update(
+            encoder_fusion=fusion, decoder_fusion=fusion, masking="dirichlet", global_tokens=True, paired_ratios=True
+        )
     else:
         model.update(mask_unit="frame" if kind == "audio" else "patch", mask_ratio=0.8)
     return model

@@ -1,4 +1,4 @@
-# VQ-DSAE baseline (spec mdvae.md §5.1): one modality, one static w and one dynamical z, on the
+# VQ-DSAE baseline ([MDVAE] Sec. 3.3): one modality, one static w and one dynamical z, on the
 # frozen tokenizer's features. Pick the modality with the variant:
 #   python train.py --config configs/vqdsae.py:audio --workdir runs/vqdsae_audio \
 #       --config.tokenizers.audio=runs/vqvae_audio --config.tokenizers.visual=runs/vqvae_visual
@@ -14,8 +14,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variants = parse_variants(arg, {"audio", "visual", "raw", "smoke"})
     modalities = variants & {"audio", "visual"}
     if len(modalities) != 1:
-        raise ValueError(f"configs/vqdsae.py needs exactly one of the variants 'audio' or 'visual' "
-                         f"(e.g. configs/vqdsae.py:audio), got {arg!r}")
+        raise ValueError(
+            f"configs/vqdsae.py needs exactly one of the variants 'audio' or 'visual' "
+            f"(e.g. configs/vqdsae.py:audio), got {arg!r}"
+        )
     modality, raw = modalities.pop(), "raw" in variants
     model = dict(DSAE_PRESETS[modality])
     if raw:

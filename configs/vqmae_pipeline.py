@@ -36,7 +36,7 @@ def get_stages(workdir: str, variant: str = ""):
     finetune = vqmae_finetune.get_config(variant)
     for fold in range(finetune.finetune.num_folds):
         config = vqmae_finetune.get_config(variant)
-        config.pretrained = os.path.join(workdir, "vqmae_av")
+        config.finetune.pretrained = os.path.join(workdir, "vqmae_av")
         config.name = "vqmae_av_ft"
         config.finetune.fold = fold
         stages.append((f"vqmae_av_ft{fold}", os.path.join(workdir, f"vqmae_av_ft{fold}"), config))

@@ -1,13 +1,14 @@
 """Face crops for the corpus builders: offline Haar-cascade detection, temporal smoothing, margin, resize.
 
 The VQ-MAE-AV authors cropped their emotion corpora with OpenCV's frontal-face Haar cascade
-(scaleFactor 1.05, minNeighbors 20, a 30 px margin, spec/vqmae.md §6). We keep the detector (it ships
+(scaleFactor 1.05, minNeighbors 20, a 30 px margin, [code-vqmae-av]). We keep the detector (it ships
 inside ``opencv-python-headless``, so preparation works offline) and add what their script lacked:
 detection on a downscaled copy every few frames (speed), interpolation over frames where the
 detector misses, temporal smoothing of the box (no jitter in the crops), and a margin relative to the
 face size (resolution independent). Users with their own aligned crops (e.g. OpenFace on MEAD) skip
 detection with ``precropped`` configs: frames are then only centre-cropped and resized.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,15 +24,16 @@ from data_pipelines.media import MediaError
 @dataclasses.dataclass(frozen=True)
 class FaceOptions:
     """How faces are found and cropped (stored in each builder config, so a build is reproducible)."""
-    scale_factor: float = 1.1       # the authors: 1.05 (slower, a few more detections)
-    min_neighbors: int = 5          # the authors: 20 (on full-resolution frames)
+
+    scale_factor: float = 1.1  # the authors: 1.05 (slower, a few more detections)
+    min_neighbors: int = 5  # the authors: 20 (on full-resolution frames)
     min_face_fraction: float = 0.1  # smallest face side, as a fraction of the frame's shorter side
-    detect_side: int = 320          # detection runs on frames scaled to this longer side
-    detect_every: int = 3           # detect on every n-th frame; boxes are interpolated in between
-    min_detected: float = 0.5       # skip a clip whose probed frames show a face less often than this
-    smooth_seconds: float = 0.2     # Gaussian smoothing (std) of box centre and size over time
-    margin: float = 0.25            # added on each side, as a fraction of the box side
-    center_crop: float = 1.0        # pre-cropped frames: keep this central fraction before resizing
+    detect_side: int = 320  # detection runs on frames scaled to this longer side
+    detect_every: int = 3  # detect on every n-th frame; boxes are interpolated in between
+    min_detected: float = 0.5  # skip a clip whose probed frames show a face less often than this
+    smooth_seconds: float = 0.2  # Gaussian smoothing (std) of box centre and size over time
+    margin: float = 0.25  # added on each side, as a fraction of the box side
+    center_crop: float = 1.0  # pre-cropped frames: keep this central fraction before resizing
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,8 +54,12 @@ def detect(image: np.ndarray, options: FaceOptions = FaceOptions()) -> np.ndarra
         gray = cv2.resize(gray, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_AREA)
     side = max(12, int(options.min_face_fraction * min(gray.shape)))
     boxes, _, weights = _cascade().detectMultiScale3(
-        gray, scaleFactor=options.scale_factor, minNeighbors=options.min_neighbors, minSize=(side, side),
-        outputRejectLevels=True)
+        gray,
+        scaleFactor=options.scale_factor,
+        minNeighbors=options.min_neighbors,
+        minSize=(side, side),
+        outputRejectLevels=True,
+    )
     if len(boxes) == 0:
         return None
     best = boxes[int(np.argmax(np.ravel(weights)))]  # the most confident detection, not the largest
@@ -94,7 +100,7 @@ def crop(frames: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
         if pad:
             image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        roi = image[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+        roi = image[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
         interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR  # area averaging: no aliasing
         out[i] = cv2.resize(roi, (size, size), interpolation=interp)
     return out
@@ -108,8 +114,9 @@ def centre_crop_resize(frames: np.ndarray, size: int, fraction: float = 1.0) -> 
     return crop(frames, boxes, size)
 
 
-def face_crops(frames: np.ndarray, fps: float, size: int, options: FaceOptions, precropped: bool,
-               path: str = "?") -> np.ndarray:
+def face_crops(
+    frames: np.ndarray, fps: float, size: int, options: FaceOptions, precropped: bool, path: str = "?"
+) -> np.ndarray:
     """uint8 [T, size, size, 3] face crops of ``frames`` (detected, or the pre-cropped frames resized)."""
     if precropped:
         return centre_crop_resize(frames, size, options.center_crop)

@@ -3,6 +3,7 @@
 Every failure a corpus file can cause (truncated or corrupt container, missing track, no frames)
 raises ``MediaError`` with a short reason, which the builders record in their skip manifest.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from data_pipelines.pipelines import DataError
+from data_pipelines.spec import DataError
 
 SAMPLE_RATE = 16000
 PEAK = 0.99  # stored int16 waveforms are peak-normalised to this fraction of full scale
@@ -61,6 +62,18 @@ def to_int16(wav: np.ndarray, path: str = "?") -> np.ndarray:
     return np.round(wav * (PEAK * 32767.0 / peak)).astype(np.int16)
 
 
+def trim_silence(wav: np.ndarray, top_db: float | None) -> tuple[np.ndarray, int]:
+    """Leading and trailing silence removed as the DVAE papers' code does (``librosa.effects.trim`` with
+    ``top_db``: frames of 2048 samples, hop 512, quieter than the loudest frame by more than ``top_db`` dB);
+    returns (trimmed waveform, index of its first sample in ``wav``). ``top_db=None`` keeps ``wav`` whole."""
+    if top_db is None:
+        return wav, 0
+    import librosa  # deferred: only the speech builders trim
+
+    _, (start, end) = librosa.effects.trim(np.asarray(wav, np.float32), top_db=top_db)
+    return wav[start:end], int(start)
+
+
 def video_frames(path: str, fps: float, max_side: int = 640) -> Iterator[np.ndarray]:
     """RGB uint8 frames of the first video track, converted to ``fps`` and scaled to at most ``max_side``.
 
@@ -89,8 +102,10 @@ def video_frames(path: str, fps: float, max_side: int = 640) -> Iterator[np.ndar
             for frame in container.decode(stream):
                 if size is None:
                     scale = min(1.0, max_side / max(frame.width, frame.height))
-                    size = (max(2, int(round(frame.width * scale / 2)) * 2),
-                            max(2, int(round(frame.height * scale / 2)) * 2))
+                    size = (
+                        max(2, int(round(frame.width * scale / 2)) * 2),
+                        max(2, int(round(frame.height * scale / 2)) * 2),
+                    )
                 t = float(frame.time) if frame.time is not None else count / src_rate
                 if count == 0:
                     t0 = t
@@ -120,13 +135,21 @@ def align(wav: np.ndarray, num_frames: int, fps: float, sample_rate: int = SAMPL
 
 
 _CODECS = {  # extension -> (video codec, audio codec) used by ``write_media``
-    ".mp4": ("mpeg4", "aac"), ".avi": ("mpeg4", "pcm_s16le"), ".flv": ("flv", "mp3"),
-    ".m4a": (None, "aac"), ".wav": (None, "pcm_s16le"),
+    ".mp4": ("mpeg4", "aac"),
+    ".avi": ("mpeg4", "pcm_s16le"),
+    ".flv": ("flv", "mp3"),
+    ".m4a": (None, "aac"),
+    ".wav": (None, "pcm_s16le"),
 }
 
 
-def write_media(path: str, video: np.ndarray | None = None, fps: int = 25, audio: np.ndarray | None = None,
-                sample_rate: int = SAMPLE_RATE) -> None:
+def write_media(
+    path: str,
+    video: np.ndarray | None = None,
+    fps: int = 25,
+    audio: np.ndarray | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> None:
     """Encodes RGB ``video`` [T, H, W, 3] and/or int16 mono ``audio`` into ``path`` (the container from its
     extension: mp4, avi, flv, m4a, wav). Used to make dummy corpora for tests and benchmarks."""
     ext = os.path.splitext(path)[1].lower()
@@ -149,7 +172,7 @@ def write_media(path: str, video: np.ndarray | None = None, fps: int = 25, audio
             frame_size = as_.codec_context.frame_size or 1024
             pcm = np.asarray(audio, np.int16)
             for start in range(0, pcm.size, frame_size):
-                chunk = av.AudioFrame.from_ndarray(pcm[None, start:start + frame_size], format="s16", layout="mono")
+                chunk = av.AudioFrame.from_ndarray(pcm[None, start : start + frame_size], format="s16", layout="mono")
                 chunk.sample_rate = sample_rate
                 for f in resampler.resample(chunk):
                     out.mux(as_.encode(f))

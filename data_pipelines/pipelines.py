@@ -5,67 +5,40 @@ video windows, batch. Spectrograms are computed on the accelerator inside the ji
 (avrep.audio), from waveform windows cut so that on-device framing with ``center=False``
 equals librosa's ``center=True`` STFT of the whole utterance (see ``audio_frame_windows``).
 
+Kinds (``PipelineSpec.kind``) and their batches, B = local examples per batch:
+  frames          audio [B, K, n_fft] float32, video [B, K, H, W, 3] uint8: K random frames per utterance
+  windows         audio [B, (T-1)*hop + n_fft] float32, video [B, T, H, W, 3] uint8: T aligned frames
+  speech_windows  audio [B, (T-1)*hop + n_fft] float32 only, from any dataset (speech datasets have no video)
+  feature_windows cached tokenizer features (avrep.features.cache) and integer labels
+
 Determinism and multi-host: every pipeline is one global, index-addressed MapDataset
 (shuffle, repeat and per-element randomness keyed by the global element index and the
 config seed). Each process takes its own contiguous block of every global batch, so the
 global batch assembled across processes is identical, row for row, to a single-process run.
 """
+
 from __future__ import annotations
 
-import dataclasses
-import os
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
 from avrep.audio import pad_for_center
-
+from data_pipelines.sources import CheckedSource
+from data_pipelines.spec import (
+    AudioFraming,
+    DataError,
+    PipelineSpec,
+    aligned_frames,
+    audio_frame_windows,
+    decode_speech,
+    decode_utterance,
+    feature_field,
+)
 
 PREFETCH_BATCHES = 16
-
-
-class DataError(ValueError):
-    """A record or dataset that does not have the expected content."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AudioFraming:
-    """How waveforms become spectrogram frames (must match the model's audio front end)."""
-    n_fft: int = 1024
-    hop: int = 533
-    pad_mode: str = "constant"
-
-
-class CheckedSource:
-    """A random-access source whose read errors name the dataset, split and record."""
-
-    def __init__(self, name: str, split: str, data_dir: str | None):
-        # The resolved path: feature caches fingerprint the description, and runs that reach the same data
-        # through a symlink must share them.
-        where = os.path.realpath(data_dir) if data_dir else "the TFDS default data_dir"
-        self.description = f"{name}[{split}] in {where}"
-        try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir)
-        except Exception as e:  # TFDS raises several types for a missing/incomplete dataset.
-            raise DataError(f"cannot open dataset {self.description}: {e}") from e
-        if len(self._source) == 0:
-            raise DataError(f"dataset {self.description} is empty: expected at least one record")
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> dict:
-        try:
-            return self._source[index]
-        except Exception as e:
-            raise DataError(f"{self.description}: record {index} cannot be decoded ({type(e).__name__}: {e})") from e
-
-
-def open_source(name: str, split: str, data_dir: str | None) -> CheckedSource:
-    return CheckedSource(name, split, data_dir)
 
 
 class _SlimCache:
@@ -95,37 +68,17 @@ class _SlimCache:
         if not self._keep_video and video.ndim == 4:
             # Audio-only: keep the frame count (alignment) but not the pixels (a new array, not a view).
             video = np.empty((video.shape[0], 0, 0, video.shape[3]), video.dtype)
-        slim = {"audio": np.asarray(record.get("audio", ())), "video": video,
-                "utterance_id": record.get("utterance_id", "?")}
+        slim = {
+            "audio": np.asarray(record.get("audio", ())),
+            "video": video,
+            "utterance_id": record.get("utterance_id", "?"),
+        }
         size = sum(v.nbytes for v in slim.values() if isinstance(v, np.ndarray))
         with self._lock:
             if self._bytes + size <= self._max_bytes and index not in self._cache:
                 self._cache[index] = slim
                 self._bytes += size
         return slim
-
-
-def decode_utterance(record: Mapping[str, Any], hop: int, where: str) -> dict:
-    """Validates a record; returns the peak-normalised waveform, the video and the aligned frame count."""
-    audio = np.asarray(record.get("audio", ()))
-    video = np.asarray(record.get("video", ()))
-    if audio.ndim != 1 or audio.size == 0:
-        raise DataError(f"{where}: field 'audio' must be a non-empty 1-D waveform, got shape {audio.shape}")
-    if video.ndim != 4 or video.shape[0] == 0 or video.shape[-1] != 3:
-        raise DataError(f"{where}: field 'video' must be [frames, H, W, 3] with frames > 0, got shape {video.shape}")
-    wav = audio.astype(np.float32) / 32768.0
-    peak = np.max(np.abs(wav))
-    if not np.isfinite(peak) or peak == 0.0:
-        raise DataError(f"{where}: field 'audio' is silent or non-finite (peak {peak})")
-    audio_frames = 1 + audio.size // hop  # librosa's center=True frame count
-    return {"wav": wav / peak,  # peak normalisation, as the papers' code does
-            "video": video, "num_frames": min(audio_frames, video.shape[0])}
-
-
-def audio_frame_windows(padded_wav: np.ndarray, starts: np.ndarray, length: int, hop: int) -> np.ndarray:
-    """Waveform windows [len(starts), length] beginning at frame indices ``starts``."""
-    offsets = starts[:, None] * hop + np.arange(length)[None, :]
-    return padded_wav[offsets]
 
 
 class _RandomFrames(grain.transforms.RandomMap):
@@ -147,51 +100,52 @@ class _RandomFrames(grain.transforms.RandomMap):
 
 
 class _RandomWindow(grain.transforms.RandomMap):
-    """One aligned window of T consecutive audio and video frames (sequence models)."""
+    """One aligned window of T consecutive audio and video frames (sequence models); with ``speech``, of audio
+    only, from any dataset's records (speech datasets have no video: ``decode_speech``)."""
 
-    def __init__(self, num_frames: int, framing: AudioFraming, modalities: Sequence[str], where: str):
+    def __init__(
+        self, num_frames: int, framing: AudioFraming, modalities: Sequence[str], where: str, speech: bool = False
+    ):
         self.t, self.framing, self.modalities, self.where = num_frames, framing, tuple(modalities), where
+        self.decode = decode_speech if speech else decode_utterance
 
     def random_map(self, record, rng: np.random.Generator):
-        utt = decode_utterance(record, self.framing.hop, self.where)
+        utt = self.decode(record, self.framing.hop, self.where)
         if utt["num_frames"] < self.t:
-            raise DataError(f"{self.where}: utterance {record.get('utterance_id', '?')!r} has "
-                            f"{utt['num_frames']} frames, fewer than the window of {self.t}")
+            raise DataError(
+                f"{self.where}: utterance {record.get('utterance_id', '?')!r} has "
+                f"{utt['num_frames']} frames, fewer than the window of {self.t}"
+            )
         t0 = int(rng.integers(0, utt["num_frames"] - self.t + 1))
         out = {}
         if "audio" in self.modalities:  # (T-1)*hop + n_fft samples: frames to exactly T STFT frames.
             length = (self.t - 1) * self.framing.hop + self.framing.n_fft
             padded = pad_for_center(utt["wav"], self.framing.n_fft, self.framing.pad_mode)
-            out["audio"] = padded[t0 * self.framing.hop: t0 * self.framing.hop + length]
+            out["audio"] = padded[t0 * self.framing.hop : t0 * self.framing.hop + length]
         if "video" in self.modalities:
-            out["video"] = utt["video"][t0:t0 + self.t]
+            out["video"] = utt["video"][t0 : t0 + self.t]
         return out
-
-
-def aligned_frames(video_frames: np.ndarray, rate: int) -> np.ndarray:
-    """Indices of the frames of a stream with ``rate`` frames per video frame that lie beside the video
-    frames ``video_frames`` [..., T] -> [..., rate * T] (rate 1: the same indices)."""
-    return (rate * video_frames[..., None] + np.arange(rate)).reshape(*video_frames.shape[:-1], -1)
 
 
 class _RandomFeatureWindow(grain.transforms.RandomMap):
     """One window of T consecutive video frames (and the r * T audio frames beside them) of cached
-    per-frame tokenizer outputs (avrep.training.features.FeatureSource), with the record's ``labels``.
+    per-frame tokenizer outputs (avrep.features.cache.FeatureSource), with the record's ``labels``.
 
     An utterance shorter than T is an error, or with ``wrap_short`` repeated from its start until it fills
     the window (the VQ-MAE code's wrap padding for short fine-tuning clips).
     """
 
-    def __init__(self, num_frames: int, keys: Sequence[str], labels: Sequence[str], wrap_short: bool,
-                 where: str):
+    def __init__(self, num_frames: int, keys: Sequence[str], labels: Sequence[str], wrap_short: bool, where: str):
         self.t, self.keys, self.labels = num_frames, tuple(keys), tuple(labels)
         self.wrap_short, self.where = wrap_short, where
 
     def random_map(self, record, rng: np.random.Generator):
-        n = len(record["x_visual"])
+        n = len(record[feature_field("visual")])
         if n < self.t and not self.wrap_short:
-            raise DataError(f"{self.where}: utterance {record.get('utterance_id', '?')!r} has {n} frames, "
-                            f"fewer than the window of {self.t}")
+            raise DataError(
+                f"{self.where}: utterance {record.get('utterance_id', '?')!r} has {n} frames, "
+                f"fewer than the window of {self.t}"
+            )
         t0 = int(rng.integers(0, max(n - self.t, 0) + 1))
         frames = (t0 + np.arange(self.t)) % n  # wraps only when n < T
         out = {}
@@ -199,8 +153,7 @@ class _RandomFeatureWindow(grain.transforms.RandomMap):
             out[key] = record[key][aligned_frames(frames, len(record[key]) // n)]
         for label in self.labels:
             if label not in record:
-                raise DataError(f"{self.where}: utterance {record.get('utterance_id', '?')!r} has no label "
-                                f"{label!r}")
+                raise DataError(f"{self.where}: utterance {record.get('utterance_id', '?')!r} has no label {label!r}")
             out[label] = np.int32(record[label])
         return out
 
@@ -225,20 +178,16 @@ class _ProcessBlocks(grain.MapDataset):
         return f"ProcessBlocks(block={self._block}, index={self._index}, count={self._count})"
 
 
-@dataclasses.dataclass(frozen=True)
-class PipelineSpec:
-    """What a task needs from the data: random frames (tokenizers) or windows (sequence models)."""
-    kind: str                        # "frames" | "windows" | "feature_windows" (cached features)
-    examples_per_batch: int          # global number of utterance crops per batch
-    frames_per_example: int          # K random frames, or the window length T
-    modalities: tuple[str, ...] = ("audio", "video")  # fields delivered (feature_windows: "x_audio", ...)
-    labels: tuple[str, ...] = ()     # feature_windows: per-utterance integer labels delivered too
-    wrap_short: bool = False         # feature_windows: wrap utterances shorter than T instead of failing
-
-
-def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioFraming, *, seed: int,
-                      process_index: int = 0, process_count: int = 1,
-                      cache_mb: float = 0) -> grain.DatasetIterator:
+def training_iterator(
+    source: CheckedSource,
+    spec: PipelineSpec,
+    framing: AudioFraming,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    cache_mb: float = 0,
+) -> grain.DatasetIterator:
     """Infinite, shuffled, checkpointable iterator of this process's part of each global batch.
 
     ``cache_mb`` > 0 keeps up to that many MB of slim decoded records in host memory (see _SlimCache).
@@ -247,15 +196,23 @@ def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioF
         transform = _RandomFrames(spec.frames_per_example, framing, spec.modalities, source.description)
     elif spec.kind == "windows":
         transform = _RandomWindow(spec.frames_per_example, framing, spec.modalities, source.description)
+    elif spec.kind == "speech_windows":
+        if tuple(spec.modalities) != ("audio",):
+            raise ValueError(f"pipeline kind 'speech_windows' delivers modalities ('audio',), got {spec.modalities}")
+        transform = _RandomWindow(spec.frames_per_example, framing, spec.modalities, source.description, speech=True)
     elif spec.kind == "feature_windows":
-        transform = _RandomFeatureWindow(spec.frames_per_example, spec.modalities, spec.labels, spec.wrap_short,
-                                         source.description)
+        transform = _RandomFeatureWindow(
+            spec.frames_per_example, spec.modalities, spec.labels, spec.wrap_short, source.description
+        )
         cache_mb = 0  # the features are memory-mapped already
     else:
-        raise ValueError(f"pipeline kind must be 'frames', 'windows' or 'feature_windows', got {spec.kind!r}")
+        raise ValueError(
+            f"pipeline kind must be 'frames', 'windows', 'speech_windows' or 'feature_windows', got {spec.kind!r}"
+        )
     if spec.examples_per_batch % process_count:
-        raise ValueError(f"examples_per_batch={spec.examples_per_batch} is not divisible by the "
-                         f"{process_count} processes")
+        raise ValueError(
+            f"examples_per_batch={spec.examples_per_batch} is not divisible by the {process_count} processes"
+        )
     local = spec.examples_per_batch // process_count
     if cache_mb > 0:
         source = _SlimCache(source, spec.modalities, int(cache_mb * 2**20))
@@ -264,7 +221,3 @@ def training_iterator(source: CheckedSource, spec: PipelineSpec, framing: AudioF
     # Grain prefetches 500 elements by default; ours are whole batches (10 MB at stage 2), so keep a few.
     read_options = grain.ReadOptions(num_threads=16, prefetch_buffer_size=PREFETCH_BATCHES)
     return ds.batch(local, drop_remainder=True).to_iter_dataset(read_options).__iter__()
-
-
-__all__ = ["AudioFraming", "CheckedSource", "DataError", "PipelineSpec", "audio_frame_windows",
-           "decode_utterance", "open_source", "training_iterator"]

@@ -1,7 +1,9 @@
-"""The example schema every avrep dataset emits (SynthAV and the real corpora), defined once.
+"""The example schemas avrep datasets emit, defined once: audiovisual (SynthAV and the real corpora; audio-only
+corpora with placeholder frames) and speech-only (the DVAE family's SynthAV speech view and speech folders).
 
 Models and evaluators read only these fields, so any corpus works by changing ``config.data.name``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,6 +25,19 @@ def av_features(image_size: int, emotions: Sequence[str], intensities: Sequence[
         "intensity": tfds.features.ClassLabel(names=list(intensities)),
         "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
         "video": tfds.features.Tensor(shape=(None, image_size, image_size, 3), dtype=np.uint8),
+    }
+
+
+def speech_features() -> dict:
+    """The speech-only schema (the DVAE family; read with ``data_pipelines.spec.decode_speech``): utterance_id,
+    speaker, speaker_index, 16 kHz int16 ``audio`` with leading and trailing silence trimmed, and
+    ``trim_start``, the index of its first sample in the source recording. No video field."""
+    return {
+        "utterance_id": tfds.features.Text(),
+        "speaker": tfds.features.Text(),
+        "speaker_index": np.int32,
+        "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+        "trim_start": np.int32,
     }
 
 

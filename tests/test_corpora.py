@@ -1,5 +1,6 @@
 """Real-corpus builders: dummy trees in each corpus's own layout (SynthAV media + broken files), built
 end to end; face detection on a real photograph; Beam on the DirectRunner; one training step."""
+
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import faces, media, pipelines, registry
+from data_pipelines import faces, media, pipelines, registry, sources
 from data_pipelines.build import build
 from data_pipelines.corpora.base import MANIFEST
 from data_pipelines.synthav.media_files import write_clip
@@ -17,72 +18,160 @@ from data_pipelines.synthav.media_files import write_clip
 # A truncated file fails at whichever stage the cut reaches, each with its own reason.
 TRUNCATED = r"cannot open|no (audio|video) track|cannot be decoded|has no (samples|frames)|too short"
 # corpus -> (config, [(relative path, kind, speaker, separate audio path or None)], {relative path: reason})
-MEAD_GOOD = [(f"{s}/video/front/{e}/{l}/{n}.mp4", "av", i, f"{s}/audio/{e}/{l}/{n}.m4a")
-             for i, s in enumerate(["M003", "W009", "M005"]) for e, l, n in [("angry", "level_1", "001"),
-                                                                              ("happy", "level_2", "002")]]
+MEAD_GOOD = [
+    (f"{s}/video/front/{e}/{lv}/{n}.mp4", "av", i, f"{s}/audio/{e}/{lv}/{n}.m4a")
+    for i, s in enumerate(["M003", "W009", "M005"])
+    for e, lv, n in [("angry", "level_1", "001"), ("happy", "level_2", "002")]
+]
 TREES = {
-    "mead": ("mdvae", 30, MEAD_GOOD + [
-        ("M003/video/front/sad/level_3/003.mp4", "truncated", 0, None),
-        ("W009/video/front/fear/level_1/003.mp4", "no_face", 1, None),
-        ("M005/video/front/neutral/level_1/004.mp4", "short", 2, None),
-        ("M005/video/front/sad/level_1/005.mp4", "video_only", 2, None),
-        ("M003/video/front/angry/level_9/001.mp4", "av", 0, None),
-    ], {"M003/video/front/sad/level_3/003.mp4": TRUNCATED, "W009/video/front/fear/level_1/003.mp4": "no face",
-        "M005/video/front/neutral/level_1/004.mp4": "too short", "M005/video/front/sad/level_1/005.mp4": "no audio",
-        "M003/video/front/angry/level_9/001.mp4": "bad name"}),
-    "ravdess": ("mdvae", 30, [(f"Actor_{a:02d}/01-01-{e}-{i}-01-01-{a:02d}.mp4", "av", a, None)
-                              for a in (1, 2, 3) for e, i in [("05", "01"), ("03", "02")]] + [
-        ("Actor_01/02-01-05-01-01-01-01.mp4", "video_only", 1, None),
-        ("Actor_01/01-02-05-01-01-01-01.mp4", "av", 1, None),
-        ("Actor_02/01-01-05-01-01-01-07.mp4", "av", 2, None),
-        ("Actor_03/01-01-04-01-01-02-03.mp4", "no_face", 3, None),
-    ], {"Actor_01/02-01-05-01-01-01-01.mp4": "not audiovisual", "Actor_01/01-02-05-01-01-01-01.mp4": "not speech",
-        "Actor_02/01-01-05-01-01-01-07.mp4": "bad name", "Actor_03/01-01-04-01-01-02-03.mp4": "no face"}),
-    "cremad": ("mdvae", 30, [(f"VideoFlash/{a}_{c}.flv", "av", a - 1000, f"AudioWAV/{a}_{c}.wav" if a < 1003 else None)
-                             for a in (1001, 1002, 1003) for c in ("DFA_ANG_XX", "IEO_HAP_HI")] + [
-        ("VideoFlash/1001_XYZ_ANG_XX.flv", "av", 1, None),
-        ("VideoFlash/1002_TIE_SAD_LO.flv", "truncated", 2, None),
-        ("VideoFlash/1003_IOM_NEU_XX.flv", "short", 3, None),
-    ], {"VideoFlash/1001_XYZ_ANG_XX.flv": "bad name", "VideoFlash/1002_TIE_SAD_LO.flv": TRUNCATED,
-        "VideoFlash/1003_IOM_NEU_XX.flv": "too short"}),
-    "enterface05": ("mdvae", 25, [(f"subject {s}/{e}/sentence {k}/s{s}_{c}_{k}.avi", "av", s, None)
-                                  for s in (1, 2, 3) for e, c, k in [("anger", "an", 1), ("happiness", "ha", 2)]] + [
-        ("subject 2/fear/sentence 1/s2_fe_1.avi", "truncated", 2, None),
-        ("subject 3/fear/sentence 1/s3_xx_1.avi", "av", 3, None),
-    ], {"subject 2/fear/sentence 1/s2_fe_1.avi": TRUNCATED, "subject 3/fear/sentence 1/s3_xx_1.avi": "bad name"}),
-    "emodb": ("audio", 30, [(f"wav/{n}.wav", "audio", i, None)
-                            for i, n in enumerate(["03a01Fa", "03b02Wb", "08a02Wb", "09b01Ta", "10a01Na"])] + [
-        ("wav/03a01Xa.wav", "audio", 0, None),
-        ("wav/09a05Fa.wav", "short", 3, None),
-        ("wav/10a02Tc.wav", "truncated", 4, None),
-    ], {"wav/03a01Xa.wav": "bad name", "wav/09a05Fa.wav": "too short", "wav/10a02Tc.wav": TRUNCATED}),
-    "voxceleb2": ("mdvae", 25, [(f"{sub}/mp4/{spk}/{yt}/0000{n}.mp4", "av", i, None)
-                                for i, (sub, spk, yt) in enumerate([("dev", "id00012", "21Uxsk56VDQ"),
-                                                                    ("dev", "id00013", "abcdefghijk"),
-                                                                    ("test", "id00017", "01dfn2spqyE")])
-                                for n in (1, 2)] + [
-        ("dev/mp4/id00012/21Uxsk56VDQ/00003.mp4", "truncated", 0, None),
-        ("dev/mp4/id00013/abcdefghijk/clip.mp4", "av", 1, None),
-    ], {"dev/mp4/id00012/21Uxsk56VDQ/00003.mp4": TRUNCATED, "dev/mp4/id00013/abcdefghijk/clip.mp4": "bad name"}),
+    "mead": (
+        "mdvae",
+        30,
+        MEAD_GOOD
+        + [
+            ("M003/video/front/sad/level_3/003.mp4", "truncated", 0, None),
+            ("W009/video/front/fear/level_1/003.mp4", "no_face", 1, None),
+            ("M005/video/front/neutral/level_1/004.mp4", "short", 2, None),
+            ("M005/video/front/sad/level_1/005.mp4", "video_only", 2, None),
+            ("M003/video/front/angry/level_9/001.mp4", "av", 0, None),
+        ],
+        {
+            "M003/video/front/sad/level_3/003.mp4": TRUNCATED,
+            "W009/video/front/fear/level_1/003.mp4": "no face",
+            "M005/video/front/neutral/level_1/004.mp4": "too short",
+            "M005/video/front/sad/level_1/005.mp4": "no audio",
+            "M003/video/front/angry/level_9/001.mp4": "bad name",
+        },
+    ),
+    "ravdess": (
+        "mdvae",
+        30,
+        [
+            (f"Actor_{a:02d}/01-01-{e}-{i}-01-01-{a:02d}.mp4", "av", a, None)
+            for a in (1, 2, 3)
+            for e, i in [("05", "01"), ("03", "02")]
+        ]
+        + [
+            ("Actor_01/02-01-05-01-01-01-01.mp4", "video_only", 1, None),
+            ("Actor_01/01-02-05-01-01-01-01.mp4", "av", 1, None),
+            ("Actor_02/01-01-05-01-01-01-07.mp4", "av", 2, None),
+            ("Actor_03/01-01-04-01-01-02-03.mp4", "no_face", 3, None),
+        ],
+        {
+            "Actor_01/02-01-05-01-01-01-01.mp4": "not audiovisual",
+            "Actor_01/01-02-05-01-01-01-01.mp4": "not speech",
+            "Actor_02/01-01-05-01-01-01-07.mp4": "bad name",
+            "Actor_03/01-01-04-01-01-02-03.mp4": "no face",
+        },
+    ),
+    "cremad": (
+        "mdvae",
+        30,
+        [
+            (f"VideoFlash/{a}_{c}.flv", "av", a - 1000, f"AudioWAV/{a}_{c}.wav" if a < 1003 else None)
+            for a in (1001, 1002, 1003)
+            for c in ("DFA_ANG_XX", "IEO_HAP_HI")
+        ]
+        + [
+            ("VideoFlash/1001_XYZ_ANG_XX.flv", "av", 1, None),
+            ("VideoFlash/1002_TIE_SAD_LO.flv", "truncated", 2, None),
+            ("VideoFlash/1003_IOM_NEU_XX.flv", "short", 3, None),
+        ],
+        {
+            "VideoFlash/1001_XYZ_ANG_XX.flv": "bad name",
+            "VideoFlash/1002_TIE_SAD_LO.flv": TRUNCATED,
+            "VideoFlash/1003_IOM_NEU_XX.flv": "too short",
+        },
+    ),
+    "enterface05": (
+        "mdvae",
+        25,
+        [
+            (f"subject {s}/{e}/sentence {k}/s{s}_{c}_{k}.avi", "av", s, None)
+            for s in (1, 2, 3)
+            for e, c, k in [("anger", "an", 1), ("happiness", "ha", 2)]
+        ]
+        + [
+            ("subject 2/fear/sentence 1/s2_fe_1.avi", "truncated", 2, None),
+            ("subject 3/fear/sentence 1/s3_xx_1.avi", "av", 3, None),
+        ],
+        {"subject 2/fear/sentence 1/s2_fe_1.avi": TRUNCATED, "subject 3/fear/sentence 1/s3_xx_1.avi": "bad name"},
+    ),
+    "emodb": (
+        "audio",
+        30,
+        [
+            (f"wav/{n}.wav", "audio", i, None)
+            for i, n in enumerate(["03a01Fa", "03b02Wb", "08a02Wb", "09b01Ta", "10a01Na"])
+        ]
+        + [
+            ("wav/03a01Xa.wav", "audio", 0, None),
+            ("wav/09a05Fa.wav", "short", 3, None),
+            ("wav/10a02Tc.wav", "truncated", 4, None),
+        ],
+        {"wav/03a01Xa.wav": "bad name", "wav/09a05Fa.wav": "too short", "wav/10a02Tc.wav": TRUNCATED},
+    ),
+    "voxceleb2": (
+        "mdvae",
+        25,
+        [
+            (f"{sub}/mp4/{spk}/{yt}/0000{n}.mp4", "av", i, None)
+            for i, (sub, spk, yt) in enumerate(
+                [
+                    ("dev", "id00012", "21Uxsk56VDQ"),
+                    ("dev", "id00013", "abcdefghijk"),
+                    ("test", "id00017", "01dfn2spqyE"),
+                ]
+            )
+            for n in (1, 2)
+        ]
+        + [
+            ("dev/mp4/id00012/21Uxsk56VDQ/00003.mp4", "truncated", 0, None),
+            ("dev/mp4/id00013/abcdefghijk/clip.mp4", "av", 1, None),
+        ],
+        {"dev/mp4/id00012/21Uxsk56VDQ/00003.mp4": TRUNCATED, "dev/mp4/id00013/abcdefghijk/clip.mp4": "bad name"},
+    ),
 }
-IEMOCAP_LABELS = {"Session1/dialog/EmoEvaluation/Ses01F_impro01.txt": [("Ses01F_impro01_F000", "neu"),
-                                                                       ("Ses01F_impro01_M000", "ang"),
-                                                                       ("Ses01F_impro01_F001", "fru")],
-                  "Session2/dialog/EmoEvaluation/Ses02M_script01_1.txt": [("Ses02M_script01_1_F000", "exc"),
-                                                                          ("Ses02M_script01_1_M000", "sad")]}
-TREES["iemocap"] = ("audio", 30, [(f"Session{u[4]}/sentences/wav/{u[:-5]}/{u}.wav", "audio", i, None)
-                                  for i, u in enumerate(["Ses01F_impro01_F000", "Ses01F_impro01_M000",
-                                                         "Ses01F_impro01_F001", "Ses01F_impro01_M001",
-                                                         "Ses02M_script01_1_F000", "Ses02M_script01_1_M000"])],
-                    {"Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F001.wav": "outside the 4 classes",
-                     "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M001.wav": "no label"})
+IEMOCAP_LABELS = {
+    "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt": [
+        ("Ses01F_impro01_F000", "neu"),
+        ("Ses01F_impro01_M000", "ang"),
+        ("Ses01F_impro01_F001", "fru"),
+    ],
+    "Session2/dialog/EmoEvaluation/Ses02M_script01_1.txt": [
+        ("Ses02M_script01_1_F000", "exc"),
+        ("Ses02M_script01_1_M000", "sad"),
+    ],
+}
+TREES["iemocap"] = (
+    "audio",
+    30,
+    [
+        (f"Session{u[4]}/sentences/wav/{u[:-5]}/{u}.wav", "audio", i, None)
+        for i, u in enumerate(
+            [
+                "Ses01F_impro01_F000",
+                "Ses01F_impro01_M000",
+                "Ses01F_impro01_F001",
+                "Ses01F_impro01_M001",
+                "Ses02M_script01_1_F000",
+                "Ses02M_script01_1_M000",
+            ]
+        )
+    ],
+    {
+        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F001.wav": "outside the 4 classes",
+        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M001.wav": "no label",
+    },
+)
 
 
 def _make_tree(root, corpus):
     _, fps, files, _ = TREES[corpus]
     for rel, kind, speaker, audio_rel in files:
-        write_clip(os.path.join(root, rel), speaker, fps, kind,
-                   audio_path=os.path.join(root, audio_rel) if audio_rel else None)
+        write_clip(
+            os.path.join(root, rel), speaker, fps, kind, audio_path=os.path.join(root, audio_rel) if audio_rel else None
+        )
     if corpus == "iemocap":
         for rel, rows in IEMOCAP_LABELS.items():
             os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
@@ -102,6 +191,7 @@ def built(tmp_path_factory):
             data_dir = str(tmp_path_factory.mktemp(f"{corpus}_tfds"))
             cache[corpus] = (data_dir, build(corpus, TREES[corpus][0], root, data_dir, num_workers=1), root)
         return cache[corpus]
+
     return get
 
 
@@ -157,7 +247,7 @@ def test_corpus_builds_and_records_every_skipped_file(built, corpus):
     assert {v["split"] for v in speakers.values()} <= {"train", "validation", "test"}
     seen = {}
     for split in manifest["examples"]:
-        source = pipelines.open_source(name, split, data_dir)
+        source = sources.open_source(name, split, data_dir)
         for ex in map(source.__getitem__, range(len(source))):
             speaker = ex["speaker"].decode() if isinstance(ex["speaker"], bytes) else ex["speaker"]
             assert speakers[speaker]["split"] == split
@@ -173,7 +263,7 @@ def test_corpus_builds_and_records_every_skipped_file(built, corpus):
 
 def test_detected_crops_hold_the_rendered_face(built):
     data_dir, _, _ = built("ravdess")
-    ex = pipelines.open_source("ravdess/mdvae", "train", data_dir)[0]
+    ex = sources.open_source("ravdess/mdvae", "train", data_dir)[0]
     video = ex["video"].astype(float)
     background = np.array([70, 90, 110], float)
     centre = video[:, 16:48, 16:48]  # the face (skin, eyes, mouth), not the plain background
@@ -182,6 +272,7 @@ def test_detected_crops_hold_the_rendered_face(built):
 
 def test_voxceleb2_is_built_by_beam_with_its_own_splits(built):
     from data_pipelines.corpora import builder_class
+
     assert builder_class("voxceleb2").BEAM  # so the build above ran as a Beam pipeline (DirectRunner)
     data_dir, dataset_dir, _ = built("voxceleb2")
     with open(os.path.join(dataset_dir, MANIFEST)) as f:  # the processing skips came out of the Beam graph
@@ -206,9 +297,10 @@ def test_registry_says_how_to_build_a_real_corpus(tmp_path):
 
 
 def test_built_corpus_trains_one_step(built):
-    from avrep.training import loop, mesh as mesh_lib
+    from avrep.tasks import build_task
+    from avrep.training import loop
+    from avrep.training import mesh as mesh_lib
     from avrep.training.optimizer import make_optimizer
-    from avrep.training.tasks import build_task
     from configs import vqvae_visual
 
     data_dir, _, _ = built("mead")
@@ -216,7 +308,7 @@ def test_built_corpus_trains_one_step(built):
     config.data.name, config.data.data_dir = "mead/mdvae", data_dir
     registry.prepare(config.data.name, data_dir)  # found prepared: no error
     task = build_task(config)
-    source = pipelines.open_source(config.data.name, "train", data_dir)
+    source = sources.open_source(config.data.name, "train", data_dir)
     batch = next(pipelines.training_iterator(source, task.pipeline, task.framing, seed=0))
     tx, schedule = make_optimizer(config.optimizer, 2)
     mesh = mesh_lib.make_mesh({"data": -1, "num_devices": 1})

@@ -1,4 +1,5 @@
 """avrep.evaluation.emotion on synthetic utterance features with known emotion / speaker structure."""
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,12 @@ def _synth(*, seed: int = 0, noise: float = 1.0, speaker_scale: float = 1.0):
 
 
 def _row(rows, setting, classifier, representation, task):
-    (row,) = [r for r in rows if (r["setting"], r["classifier"], r["representation"], r["task"])
-              == (setting, classifier, representation, task)]
+    (row,) = [
+        r
+        for r in rows
+        if (r["setting"], r["classifier"], r["representation"], r["task"])
+        == (setting, classifier, representation, task)
+    ]
     return row
 
 
@@ -125,10 +130,11 @@ def test_ot_mlr_undoes_a_shift_of_the_unseen_speakers():
 def test_tables_and_few_label_curve(tmp_path):
     x, labels, spk = _synth()
     rows, curve, paths = em.run_emotion_evaluation(
-        str(tmp_path), {"signal": x}, labels, spk, fractions=(0.01, 0.1, 1.0), curve_seeds=(0, 1), protocol=FAST)
+        str(tmp_path), {"signal": x}, labels, spk, fractions=(0.01, 0.1, 1.0), curve_seeds=(0, 1), protocol=FAST
+    )
     assert [(r["setting"], r["classifier"]) for r in rows] == (
-        [("PD", "mlr")] * 2 + [("PD", "mlp")] * 2 + [("PI", "mlr")] * 2 + [("PI", "mlp")] * 2
-        + [("PI", "ot_mlr")] * 2)  # DA+MLR is PI only
+        [("PD", "mlr")] * 2 + [("PD", "mlp")] * 2 + [("PI", "mlr")] * 2 + [("PI", "mlp")] * 2 + [("PI", "ot_mlr")] * 2
+    )  # DA+MLR is PI only
     assert _row(rows, "PD", "mlp", "signal", "category")["accuracy"] > 0.6
     with open(paths["csv"], newline="") as f:
         table = list(csv.reader(f))
@@ -167,17 +173,21 @@ def _bad(case):
     return dict(representations={"w": x}, labels=labels, speakers=spk)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("nan", r"features 'w'.*NaN/inf in 2 row\(s\).*\[3, 40\]"),
-    ("short_features", "features 'w': expected 480 rows"),
-    ("speakers_length", "speakers: expected a 1-D array of length 480"),
-    ("float_labels", r"labels\['category'\]: expected integer"),
-    ("one_d", "expected a 2-D array"),
-    ("classifier", "classifiers: expected names"),
-    ("few_speakers", "at least 5 speakers"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("nan", r"features 'w'.*NaN/inf in 2 row\(s\).*\[3, 40\]"),
+        ("short_features", "features 'w': expected 480 rows"),
+        ("speakers_length", "speakers: expected a 1-D array of length 480"),
+        ("float_labels", r"labels\['category'\]: expected integer"),
+        ("one_d", "expected a 2-D array"),
+        ("classifier", "classifiers: expected names"),
+        ("few_speakers", "at least 5 speakers"),
+    ],
+)
 def test_bad_inputs_raise(case, message):
     kwargs = _bad(case)
     with pytest.raises(ValueError, match=message):
-        em.evaluate_emotion(kwargs.pop("representations"), kwargs.pop("labels"), kwargs.pop("speakers"),
-                            protocol=FAST, **kwargs)
+        em.evaluate_emotion(
+            kwargs.pop("representations"), kwargs.pop("labels"), kwargs.pop("speakers"), protocol=FAST, **kwargs
+        )

@@ -1,4 +1,6 @@
-"""The README's main job on smoke configs: train every default stage, evaluate, read the tables."""
+"""The default pipeline (`python train.py --workdir W`) on smoke configs: train every default stage, evaluate,
+read the tables."""
+
 import csv
 import math
 import os
@@ -24,13 +26,29 @@ def test_default_pipeline_smoke_writes_finite_tables(smoke_data_dir, tmp_path):
     again = run_python(["train.py", "--workdir", str(workdir), "--variant", "smoke"])
     assert "Traceback" not in again.stderr  # finished stages resume at their last step and stop
 
-    run_python(["evaluate.py", "--workdir", str(workdir), "--limit", "2", "--griffin_lim_iters", "4",
-                "--swap_count", "3", "--denoise_count", "2"])
+    run_python(
+        [
+            "evaluate.py",
+            "--workdir",
+            str(workdir),
+            "--limit",
+            "2",
+            "--griffin_lim_iters",
+            "4",
+            "--swap_count",
+            "3",
+            "--denoise_count",
+            "2",
+        ]
+    )
     audio = _rows(workdir / "eval" / "analysis_resynthesis_audio.csv")
     visual = _rows(workdir / "eval" / "analysis_resynthesis_visual.csv")
     assert {(r["model"], r["condition"]) for r in audio} == {
-        ("VQ-VAE-audio", "original phase"), ("VQ-VAE-audio", "Griffin-Lim (4 it.)"),
-        ("original signal", "reference: original power, Griffin-Lim (4 it.)"), ("VQ-MDVAE", "original phase")}
+        ("VQ-VAE-audio", "original phase"),
+        ("VQ-VAE-audio", "Griffin-Lim (4 it.)"),
+        ("original signal", "reference: original power, Griffin-Lim (4 it.)"),
+        ("VQ-MDVAE", "original phase"),
+    }
     assert [r["model"] for r in visual] == ["VQ-VAE-visual", "VQ-MDVAE"]
     for rows, metrics in ((audio, AUDIO_METRICS), (visual, VISUAL_METRICS)):
         for row in rows:

@@ -1,4 +1,5 @@
 """avrep.evaluation.manipulation: the denoising regions sit on the mouth and the eyes of SynthAV faces."""
+
 import numpy as np
 import pytest
 
@@ -8,8 +9,9 @@ from data_pipelines.synthav import generator as g
 
 def _utterance_with_blink(speaker):
     for seed in range(40):
-        utt = g.synthesize_utterance(speaker, g.EMOTIONS.index("neutral"), 0, seed=seed, min_seconds=3.0,
-                                     max_seconds=3.0)
+        utt = g.synthesize_utterance(
+            speaker, g.EMOTIONS.index("neutral"), 0, seed=seed, min_seconds=3.0, max_seconds=3.0
+        )
         k = int(np.argmin(utt["eye_open"]))
         if utt["eye_open"][k] < 0.3 and 1 <= k < len(utt["eye_open"]) - 1:
             return utt, k
@@ -28,7 +30,7 @@ def test_denoising_regions_cover_the_moving_mouth_and_eyes(seed):
     assert np.corrcoef(luma[:, mouth].mean(1), utt["mouth_open"])[0, 1] < -0.3
     widest = luma[int(np.argmax(utt["mouth_open"]))]
     lower = np.zeros_like(mouth)
-    lower[np.argwhere(eyes)[:, 0].max() + 1:54, 20:44] = True  # between the eyes and the chin
+    lower[np.argwhere(eyes)[:, 0].max() + 1 : 54, 20:44] = True  # between the eyes and the chin
     darkest = np.argsort(np.where(lower, widest, np.inf).ravel())[:10]
     assert mouth.ravel()[darkest].mean() >= 0.8, mouth.ravel()[darkest].mean()
     # Eyes: above the mouth, the row that changes most at a blink (against the frames around it) crosses

@@ -1,15 +1,16 @@
 """Grain pipelines: alignment with the STFT, determinism, per-process blocks, bad input."""
+
 import numpy as np
 import pytest
+from conftest import SMOKE_DATASET
 
 from avrep import audio as audio_lib
-from conftest import SMOKE_DATASET
-from data_pipelines import pipelines
-from data_pipelines.pipelines import AudioFraming, DataError, PipelineSpec
+from data_pipelines import pipelines, sources
+from data_pipelines.spec import AudioFraming, DataError, PipelineSpec
 
 
 def _source(data_dir, split="train"):
-    return pipelines.open_source(SMOKE_DATASET, split, data_dir)
+    return sources.open_source(SMOKE_DATASET, split, data_dir)
 
 
 def test_random_frames_are_frames_of_the_centered_stft(smoke_data_dir):
@@ -18,13 +19,15 @@ def test_random_frames_are_frames_of_the_centered_stft(smoke_data_dir):
     spec = PipelineSpec(kind="frames", examples_per_batch=1, frames_per_example=6, modalities=("audio", "video"))
     it = pipelines.training_iterator(src, spec, framing, seed=3)
     batch = next(it)
-    windows = batch["audio"][0]                                     # [6, 1024]
+    windows = batch["audio"][0]  # [6, 1024]
     frames = np.asarray(audio_lib.power_spectrogram(windows, n_fft=1024, hop=533, center=False))[:, 0]
     # Find the utterance these frames came from and check each equals a row of its full STFT.
     for i in range(len(src)):
         utt = pipelines.decode_utterance(src[i], 533, "test")
         full = np.asarray(audio_lib.power_spectrogram(utt["wav"], n_fft=1024, hop=533, center=True))
-        matches = [np.flatnonzero(np.all(np.isclose(full, f, rtol=1e-4, atol=1e-6 * full.max()), axis=1)) for f in frames]
+        matches = [
+            np.flatnonzero(np.all(np.isclose(full, f, rtol=1e-4, atol=1e-6 * full.max()), axis=1)) for f in frames
+        ]
         if all(len(m) for m in matches):
             starts = [int(m[0]) for m in matches]
             np.testing.assert_array_equal(batch["video"][0], utt["video"][starts])  # same frame indices
@@ -58,8 +61,10 @@ def test_process_blocks_reassemble_the_single_process_batch(smoke_data_dir):
     src = _source(smoke_data_dir)
     spec = PipelineSpec(kind="frames", examples_per_batch=6, frames_per_example=2, modalities=("video",))
     single = pipelines.training_iterator(src, spec, AudioFraming(), seed=5)
-    parts = [pipelines.training_iterator(src, spec, AudioFraming(), seed=5, process_index=p, process_count=3)
-             for p in range(3)]
+    parts = [
+        pipelines.training_iterator(src, spec, AudioFraming(), seed=5, process_index=p, process_count=3)
+        for p in range(3)
+    ]
     for _ in range(4):  # crosses an epoch boundary of the 16-utterance split
         whole = next(single)["video"]
         np.testing.assert_array_equal(whole, np.concatenate([next(p)["video"] for p in parts]))
@@ -100,11 +105,14 @@ def test_slim_record_cache_changes_no_batch_and_holds_only_needed_fields(smoke_d
     assert not tiny._cache  # over budget: read, not kept
 
 
-@pytest.mark.parametrize("record, field", [
-    ({"audio": np.zeros(0, np.int16), "video": np.zeros((3, 8, 8, 3), np.uint8)}, "audio"),
-    ({"audio": np.ones(1000, np.int16), "video": np.zeros((0, 8, 8, 3), np.uint8)}, "video"),
-    ({"audio": np.zeros(1000, np.int16), "video": np.zeros((3, 8, 8, 3), np.uint8)}, "audio"),
-])
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ({"audio": np.zeros(0, np.int16), "video": np.zeros((3, 8, 8, 3), np.uint8)}, "audio"),
+        ({"audio": np.ones(1000, np.int16), "video": np.zeros((0, 8, 8, 3), np.uint8)}, "video"),
+        ({"audio": np.zeros(1000, np.int16), "video": np.zeros((3, 8, 8, 3), np.uint8)}, "audio"),
+    ],
+)
 def test_bad_records_name_the_record_and_field(record, field):
     with pytest.raises(DataError, match=rf"synthav\[train\] record 7: field '{field}'"):
         pipelines.decode_utterance(record, 533, "synthav[train] record 7")
@@ -127,4 +135,4 @@ def test_corrupt_source_record_is_named(smoke_data_dir):
 
 def test_missing_dataset_is_named(tmp_path):
     with pytest.raises(DataError, match="cannot open dataset synthav/mdvae_smoke"):
-        pipelines.open_source(SMOKE_DATASET, "train", str(tmp_path))
+        sources.open_source(SMOKE_DATASET, "train", str(tmp_path))

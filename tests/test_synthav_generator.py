@@ -95,8 +95,17 @@ def test_shapes_dtypes_and_ranges(setting):
     assert abs(n / g.SAMPLE_RATE - t / cfg["fps"]) <= 0.5 / cfg["fps"]
     assert 0.88 <= np.abs(out["audio"]).max() / 32767 <= 0.91
     assert out["video"].shape == (t, size, size, 3) and out["video"].dtype == np.uint8
-    for key, shape in dict(f0=(t,), voiced=(t,), formants=(t, 3), loudness=(t,), mouth_open=(t,),
-                           mouth_width=(t,), eye_open=(t,), head_pose=(t, 3), gaze=(t, 2)).items():
+    for key, shape in dict(
+        f0=(t,),
+        voiced=(t,),
+        formants=(t, 3),
+        loudness=(t,),
+        mouth_open=(t,),
+        mouth_width=(t,),
+        eye_open=(t,),
+        head_pose=(t, 3),
+        gaze=(t, 2),
+    ).items():
         assert out[key].shape == shape and out[key].dtype == np.float32, key
     assert out["phones"].shape == (t,) and out["phones"].dtype == np.int32
     assert set(np.unique(out["voiced"])) == {0.0, 1.0}
@@ -145,8 +154,10 @@ def test_f0_truth_matches_pyin_and_gender():
 
 def test_emotion_prosody():
     for sp in (FEMALE, MALE):
-        f0 = {e: np.mean([_mean_f0(g.synthesize_utterance(sp, e, 2, seed=s)) for s in range(2)])
-              for e in (ANGRY, SURPRISED, SAD)}
+        f0 = {
+            e: np.mean([_mean_f0(g.synthesize_utterance(sp, e, 2, seed=s)) for s in range(2)])
+            for e in (ANGRY, SURPRISED, SAD)
+        }
         assert f0[ANGRY] > f0[SAD] * 1.1 and f0[SURPRISED] > f0[SAD] * 1.1, (sp.speaker_id, f0)
 
 
@@ -163,7 +174,7 @@ def test_syllable_rate_and_frication():
     assert np.median(out["loudness"][is_vowel]) > out["loudness"][0] + 20
     x = out["audio"].astype(np.float64) / 32767
     centres = np.round(np.arange(len(ph)) / 25 * g.SAMPLE_RATE).astype(int)
-    measured = [10 * np.log10(np.mean(x[max(c - 320, 0):c + 320] ** 2)) for c in centres]
+    measured = [10 * np.log10(np.mean(x[max(c - 320, 0) : c + 320] ** 2)) for c in centres]
     assert np.median(np.abs(np.array(measured)[is_vowel] - out["loudness"][is_vowel])) < 0.5
     # Fricatives carry their energy above 3 kHz, vowels below.
     spec = np.abs(librosa.stft(x, n_fft=1024, hop_length=640)) ** 2  # hop = 1 video frame at 25 fps
@@ -177,8 +188,11 @@ def test_syllable_rate_and_frication():
 def test_mouth_open_drives_mouth_darkness_and_f1(size, fps):
     for sp, emotion in ((SPEAKERS[0], NEUTRAL), (SPEAKERS[3], ANGRY), (SPEAKERS[6], HAPPY)):
         out = g.synthesize_utterance(sp, emotion, 2, seed=3, image_size=size, fps=fps)
-        box = _luma(out["video"])[:, _rows(sp.mouth_y - 0.08, sp.mouth_y + 0.22, size),
-                                  _rows(-0.8 * sp.mouth_width, 0.8 * sp.mouth_width, size)]
+        box = _luma(out["video"])[
+            :,
+            _rows(sp.mouth_y - 0.08, sp.mouth_y + 0.22, size),
+            _rows(-0.8 * sp.mouth_width, 0.8 * sp.mouth_width, size),
+        ]
         dark = np.clip(np.median(box) - box, 0, None).mean(axis=(1, 2))  # darkness below the typical level
         assert np.corrcoef(dark, out["mouth_open"])[0, 1] > 0.7, (sp.speaker_id, emotion)
         voiced = out["voiced"] > 0
@@ -200,8 +214,11 @@ def test_formant_ranges_scale_with_speaker():
 def test_blinks_reduce_eye_contrast():
     sp = SPEAKERS[4]
     out = _first_utterance(sp, lambda o: o["eye_open"].min() < 0.2)
-    eye = _luma(out["video"])[:, _rows(sp.eye_y - 0.07, sp.eye_y + 0.07, 64),
-                              _rows(sp.eye_spacing - sp.eye_width, sp.eye_spacing + sp.eye_width, 64)]
+    eye = _luma(out["video"])[
+        :,
+        _rows(sp.eye_y - 0.07, sp.eye_y + 0.07, 64),
+        _rows(sp.eye_spacing - sp.eye_width, sp.eye_spacing + sp.eye_width, 64),
+    ]
     contrast = eye.std(axis=(1, 2))
     closed, open_ = out["eye_open"] < 0.3, out["eye_open"] > 0.95
     assert contrast[closed].mean() < 0.85 * contrast[open_].mean()

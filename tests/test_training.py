@@ -1,4 +1,5 @@
 """Training infrastructure: sharded == single-device step, kill-and-resume, multi-process, errors."""
+
 import json
 import os
 import socket
@@ -8,14 +9,15 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, run_python
 
 from avrep import load_checkpoint
-from avrep.training import loop, mesh as mesh_lib
+from avrep.tasks import build_task
+from avrep.training import loop
+from avrep.training import mesh as mesh_lib
 from avrep.training.optimizer import make_optimizer
-from avrep.training.tasks import build_task
 from configs import vqvae_audio, vqvae_visual
-from conftest import REPO, run_python
-from data_pipelines import pipelines
+from data_pipelines import pipelines, sources
 
 
 def _smoke(module, data_dir, **train):
@@ -29,9 +31,10 @@ def _smoke(module, data_dir, **train):
 def test_step_on_8_devices_matches_1_device(smoke_data_dir, module):
     config = _smoke(module, smoke_data_dir)
     task = build_task(config)
-    source = pipelines.open_source(config.data.name, "train", smoke_data_dir)
-    batches = [next(it) for it in [pipelines.training_iterator(source, task.pipeline, task.framing, seed=0)]
-               for _ in range(3)]
+    source = sources.open_source(config.data.name, "train", smoke_data_dir)
+    batches = [
+        next(it) for it in [pipelines.training_iterator(source, task.pipeline, task.framing, seed=0)] for _ in range(3)
+    ]
     tx, schedule = make_optimizer(config.optimizer, 10)
     results = []
     for devices in (1, 8):
@@ -52,9 +55,18 @@ def test_step_on_8_devices_matches_1_device(smoke_data_dir, module):
 
 
 def _train_cmd(workdir, data_dir, steps, *extra):
-    return ["train.py", "--config", "configs/vqvae_audio.py:smoke", "--workdir", str(workdir),
-            f"--config.data.data_dir={data_dir}", f"--config.train.num_steps={steps}",
-            "--config.train.checkpoint_every=4", "--config.train.log_batch_digest=True", *extra]
+    return [
+        "train.py",
+        "--config",
+        "configs/vqvae_audio.py:smoke",
+        "--workdir",
+        str(workdir),
+        f"--config.data.data_dir={data_dir}",
+        f"--config.train.num_steps={steps}",
+        "--config.train.checkpoint_every=4",
+        "--config.debug.log_batch_digest=True",
+        *extra,
+    ]
 
 
 def _digests(workdir, process=0):
@@ -65,8 +77,10 @@ def _digests(workdir, process=0):
 def test_killed_run_resumes_bitwise_identically(smoke_data_dir, tmp_path):
     steps = 16
     run_python(_train_cmd(tmp_path / "straight", smoke_data_dir, steps))
-    killed = run_python(_train_cmd(tmp_path / "killed", smoke_data_dir, steps,
-                                   "--config.train.simulate_preemption_at_step=10"), check=False)
+    killed = run_python(
+        _train_cmd(tmp_path / "killed", smoke_data_dir, steps, "--config.debug.simulate_preemption_at_step=10"),
+        check=False,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert load_checkpoint(tmp_path / "killed").step in (4, 8)  # died mid-run: no final checkpoint
     run_python(_train_cmd(tmp_path / "killed", smoke_data_dir, steps))
@@ -94,11 +108,27 @@ def test_two_processes_match_one_process(smoke_data_dir, tmp_path):
     run_python(_train_cmd(tmp_path / "single", smoke_data_dir, steps), devices=2)
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": REPO}
-    procs = [subprocess.Popen([sys.executable, *_train_cmd(tmp_path / "multi", smoke_data_dir, steps,
-                                                           f"--coordinator_address=127.0.0.1:{port}",
-                                                           "--num_processes=2", f"--process_id={i}")],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                *_train_cmd(
+                    tmp_path / "multi",
+                    smoke_data_dir,
+                    steps,
+                    f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2",
+                    f"--process_id={i}",
+                ),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outputs)
 
@@ -129,12 +159,15 @@ def test_missing_checkpoint_directory_is_named(tmp_path):
         load_checkpoint(tmp_path)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("task", "vqgan", "config key task must be one of"),
-    ("model.modality", "smell", "config key model.modality must be 'audio' or 'visual'"),
-    ("optimizer.schedule", "linear", "config key optimizer.schedule"),
-    ("mesh.num_devices", 99, "config key mesh.num_devices=99"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("task", "vqgan", "config key task must be one of"),
+        ("model.modality", "smell", "config key model.modality must be 'audio' or 'visual'"),
+        ("optimizer.schedule", "linear", "config key optimizer.schedule"),
+        ("mesh.num_devices", 99, "config key mesh.num_devices=99"),
+    ],
+)
 def test_bad_config_values_are_named(smoke_data_dir, tmp_path, key, value, message):
     config = _smoke(vqvae_audio, smoke_data_dir)
     section, _, field = key.rpartition(".")
@@ -144,7 +177,7 @@ def test_bad_config_values_are_named(smoke_data_dir, tmp_path, key, value, messa
 
 
 def test_visual_augmentation_flips_and_scales_colours():
-    from avrep.training.tasks.vqvae import augment_images
+    from avrep.tasks.vqvae import augment_images
 
     x = np.random.default_rng(0).uniform(-0.4, 0.0, (32, 4, 5, 3)).astype(np.float32)  # no clipping
     key = jax.random.key(3)
@@ -160,13 +193,13 @@ def test_visual_augmentation_flips_and_scales_colours():
 
 
 def test_ssim_weight_adds_the_ssim_term(smoke_data_dir):
-    """model.ssim_weight (visual tokenizer) adds ssim_weight · (1 - SSIM) to the MSE loss."""
+    """loss.ssim_weight (visual tokenizer) adds ssim_weight · (1 - SSIM) to the MSE loss."""
     config = _smoke(vqvae_visual, smoke_data_dir)
     config.data.augment.update(hflip=False, color_jitter=0.0)
-    source = pipelines.open_source(config.data.name, "train", smoke_data_dir)
+    source = sources.open_source(config.data.name, "train", smoke_data_dir)
     losses = {}
     for weight in (0.0, 0.5):
-        config.model.ssim_weight = weight
+        config.loss.ssim_weight = weight
         task = build_task(config)
         batch = next(pipelines.training_iterator(source, task.pipeline, task.framing, seed=0))
         variables = task.init_variables(jax.random.key(0), batch)
@@ -176,8 +209,8 @@ def test_ssim_weight_adds_the_ssim_term(smoke_data_dir):
     assert 0.0 < float(metrics["ssim"]) < 1.0
     np.testing.assert_allclose(float(weighted) - float(plain), 0.5 * (1.0 - float(metrics["ssim"])), rtol=1e-4)
     audio = _smoke(vqvae_audio, smoke_data_dir)
-    audio.model.ssim_weight = 0.1
-    with pytest.raises(ValueError, match="config key model.ssim_weight"):
+    audio.loss.ssim_weight = 0.1
+    with pytest.raises(ValueError, match="config key loss.ssim_weight"):
         build_task(audio)
 
 

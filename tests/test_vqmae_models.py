@@ -1,6 +1,6 @@
 """VQ-MAE-AV / VQ-MAE-S modules: parameter counts against the thesis, token layout,
 static-shape masking, forward shapes, masked-only logits, losses, heads, input errors
-(spec/vqmae.md §1.4, §2-5, §8)."""
+([Sadok-thesis] Sec. 5.2 and App. C.3)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from scipy.special import logsumexp
 
 from avrep.models import vqmae
+from avrep.nn import attention, losses
 
 KEY = jax.random.key(0)
 # The tiny programs here spend their time in XLA's CPU compiler, whose backend
@@ -21,12 +22,37 @@ _jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_le
 
 # Tiny, all-distinct sizes: 8 audio tokens of 2×4 indices × 8 = 64, 16 visual tokens of
 # 1×4×4 indices × 4 = 64, 4 token windows each.
-TINY_AV = dict(audio_frames=8, audio_bins=8, visual_frames=4, visual_height=8, visual_width=8,
-               audio_patch_time=2, audio_patch_freq=4, visual_patch_time=1, visual_patch_size=4,
-               audio_codes=16, audio_code_dim=8, visual_codes=32, visual_code_dim=4,
-               width=64, num_heads=4, encoder_depth=1, decoder_depth=1)
-TINY_S = dict(audio_frames=8, audio_bins=8, audio_patch_time=2, audio_patch_freq=4, audio_codes=16,
-              audio_code_dim=8, width=64, num_heads=4, encoder_depth=1, decoder_depth=1)
+TINY_AV = dict(
+    audio_frames=8,
+    audio_bins=8,
+    visual_frames=4,
+    visual_height=8,
+    visual_width=8,
+    audio_patch_time=2,
+    audio_patch_freq=4,
+    visual_patch_time=1,
+    visual_patch_size=4,
+    audio_codes=16,
+    audio_code_dim=8,
+    visual_codes=32,
+    visual_code_dim=4,
+    width=64,
+    num_heads=4,
+    encoder_depth=1,
+    decoder_depth=1,
+)
+TINY_S = dict(
+    audio_frames=8,
+    audio_bins=8,
+    audio_patch_time=2,
+    audio_patch_freq=4,
+    audio_codes=16,
+    audio_code_dim=8,
+    width=64,
+    num_heads=4,
+    encoder_depth=1,
+    decoder_depth=1,
+)
 B = 3
 
 
@@ -50,9 +76,10 @@ def _indices(key, shape, num_codes):
 
 def _av_inputs(batch=B, key=KEY, cfg=TINY_AV):
     ka, kv = jax.random.split(key)
-    return (_indices(ka, (batch, cfg["audio_frames"], cfg["audio_bins"]), cfg["audio_codes"]),
-            _indices(kv, (batch, cfg["visual_frames"], cfg["visual_height"], cfg["visual_width"]),
-                     cfg["visual_codes"]))
+    return (
+        _indices(ka, (batch, cfg["audio_frames"], cfg["audio_bins"]), cfg["audio_codes"]),
+        _indices(kv, (batch, cfg["visual_frames"], cfg["visual_height"], cfg["visual_width"]), cfg["visual_codes"]),
+    )
 
 
 def _rngs(key):
@@ -62,7 +89,7 @@ def _rngs(key):
 # ------------------------------------------------------- parameter counts ---
 
 # (encoder fusion, decoder fusion, encoder depth) -> (count of this implementation,
-# thesis, M). Table 5.4 and Table C.1 are "without contrastive learning": no global
+# thesis, M). [Sadok-thesis] Tables 5.4 and C.1 are "without contrastive learning": no global
 # tokens. Every block adds 822,720 parameters.
 THESIS_SIZES = {
     ("saf", "saf", 12): (13_507_520, 13.5),
@@ -77,17 +104,16 @@ THESIS_SIZES = {
 
 @pytest.mark.parametrize("enc,dec,depth", list(THESIS_SIZES))
 def test_parameter_counts_match_the_thesis(enc, dec, depth):
-    model = vqmae.VQMAEAV(encoder_fusion=enc, decoder_fusion=dec, encoder_depth=depth,
-                          global_tokens=False)
+    model = vqmae.VQMAEAV(encoder_fusion=enc, decoder_fusion=dec, encoder_depth=depth, global_tokens=False)
     a = jax.ShapeDtypeStruct((1, 100, 64), jnp.int32)
     v = jax.ShapeDtypeStruct((1, 50, 24, 24), jnp.int32)
     shapes = jax.eval_shape(lambda a, v: model.init(_rngs(KEY), a, v), a, v)
     count = vqmae.count_params(shapes["params"])
     exact, thesis = THESIS_SIZES[(enc, dec, depth)]
     assert count == exact
-    # Depth 20 is 0.111 M short of the thesis's 20.2 M: Table C.1 is not linear in the
+    # Depth 20 is 0.111 M short of the thesis's 20.2 M: [Sadok-thesis] Table C.1 is not linear in the
     # depth (8.5 -> 13.5 -> 16.8 -> 20.2 for 6 -> 12 -> 16 -> 20 blocks), and no block
-    # structure consistent with the spec fits all four within 0.1 M (module doc).
+    # structure consistent with [Sadok-thesis] and [code-vqmae-av] fits all four within 0.1 M (module doc).
     tol = 0.12 if depth == 20 else 0.1
     assert abs(count / 1e6 - thesis) <= tol
 
@@ -109,9 +135,17 @@ def test_global_tokens_and_vqmaes_sizes():
 def test_projected_tokens_when_embeddings_do_not_fill_the_width():
     # CPU layout: width 160 with 8 values per index. Audio tokens hold 40 x 8 = 320 values and
     # visual ones 80 x 8 = 640; both are projected to 160 on the way in and back on the way out.
-    model = vqmae.VQMAEAV(audio_frames=50, visual_frames=25, audio_code_dim=8, visual_code_dim=8,
-                          width=160, encoder_depth=1, decoder_depth=1, encoder_fusion="saf",
-                          decoder_fusion="saf")
+    model = vqmae.VQMAEAV(
+        audio_frames=50,
+        visual_frames=25,
+        audio_code_dim=8,
+        visual_code_dim=8,
+        width=160,
+        encoder_depth=1,
+        decoder_depth=1,
+        encoder_fusion="saf",
+        decoder_fusion="saf",
+    )
     a = jax.ShapeDtypeStruct((2, 50, 64), jnp.int32)
     v = jax.ShapeDtypeStruct((2, 25, 24, 24), jnp.int32)
     shapes = jax.eval_shape(lambda a, v: model.init(_rngs(KEY), a, v), a, v)["params"]
@@ -127,18 +161,28 @@ def test_projected_tokens_when_embeddings_do_not_fill_the_width():
 
 
 def test_sincos_positions_follow_each_tokens_grid_coordinates():
-    model = vqmae.VQMAEV(visual_frames=10, visual_height=8, visual_width=8, visual_patch_time=5,
-                         visual_codes=32, visual_code_dim=4, width=64, encoder_depth=1, decoder_depth=1,
-                         position_init="sincos")
+    model = vqmae.VQMAEV(
+        visual_frames=10,
+        visual_height=8,
+        visual_width=8,
+        visual_patch_time=5,
+        visual_codes=32,
+        visual_code_dim=4,
+        width=64,
+        encoder_depth=1,
+        decoder_depth=1,
+        position_init="sincos",
+    )
     grid = model._grid()
     # Each token's coordinates are those of the first index tokenize_visual puts in it
     # (its top-left index of the first frame), divided by the patch sizes.
     t, h, w = np.meshgrid(np.arange(10), np.arange(8), np.arange(8), indexing="ij")
     code = jnp.asarray((t * 100 + h * 10 + w)[None])
     first = np.asarray(vqmae.tokenize_visual(code, 5, 4))[0, :, 0]
-    np.testing.assert_array_equal(grid.coordinates(), np.stack([first // 100 // 5, first // 10 % 10 // 4,
-                                                                first % 10 // 4], -1))
-    table = vqmae.sincos_positions(grid.coordinates(), 64)
+    np.testing.assert_array_equal(
+        grid.coordinates(), np.stack([first // 100 // 5, first // 10 % 10 // 4, first % 10 // 4], -1)
+    )
+    table = attention.sincos_positions(grid.coordinates(), 64)
     # 3 axes x 20 values (10 sines, 10 cosines), 4 left at zero; axis 1 of token 1 is row group 0
     assert table.shape == (8, 64) and not table[:, 60:].any()
     np.testing.assert_allclose(table[5, 40:50], np.sin(1.0 / 10000 ** (np.arange(10) / 10)), rtol=1e-6)
@@ -192,14 +236,12 @@ def test_patch_masking_respects_the_ratio(ratio):
     np.testing.assert_array_equal(m.masked_valid.sum(1), n_masked)
     np.testing.assert_array_equal(jnp.take_along_axis(m.masked, m.masked_ids, 1), m.masked_valid)
     np.testing.assert_array_equal(jnp.sort(m.order, 1), np.broadcast_to(np.arange(n), (4, n)))
-    np.testing.assert_array_equal(jnp.take_along_axis(m.order, m.restore, 1),
-                                  np.broadcast_to(np.arange(n), (4, n)))
+    np.testing.assert_array_equal(jnp.take_along_axis(m.order, m.restore, 1), np.broadcast_to(np.arange(n), (4, n)))
 
 
 def test_frame_masking_masks_whole_windows():
     windows, per_window = 10, 36
-    m = vqmae.sample_masking(KEY, jnp.array([0.5, 0.8]), batch=2, num_units=windows,
-                             unit_size=per_window)
+    m = vqmae.sample_masking(KEY, jnp.array([0.5, 0.8]), batch=2, num_units=windows, unit_size=per_window)
     grid = np.asarray(m.masked).reshape(2, windows, per_window)
     assert (grid.all(-1) | ~grid.any(-1)).all()  # each window all-masked or all-visible
     np.testing.assert_array_equal(grid.all(-1).sum(1), [5, 8])
@@ -227,8 +269,7 @@ def test_dirichlet_ratios_are_coupled_and_respected():
     tokens = {"audio": jnp.zeros((256, 160, 1), jnp.int32), "visual": jnp.zeros((256, 360, 1), jnp.int32)}
 
     def sample(model):
-        return _jit(lambda t: model.apply({}, t, method=vqmae.VQMAEAV.sample_masking,
-                                             rngs={"mask": KEY}))(tokens)
+        return _jit(lambda t: model.apply({}, t, method=vqmae.VQMAEAV.sample_masking, rngs={"mask": KEY}))(tokens)
 
     maskings, ratio = sample(vqmae.VQMAEAV())
     np.testing.assert_allclose(ratio.sum(1), 1.0, atol=1e-6)
@@ -346,50 +387,62 @@ def test_packed_saf_bound_holds_for_every_coupled_draw():
         model = vqmae.VQMAEAV(encoder_fusion="saf", mask_unit=unit)
         size = vqmae.packed_saf_slots(model, {"audio": 160, "visual": 360})
         worst = 0
-        for (n_units, per), p in zip(((160, 1), (360, 1)) if unit == "patch" else ((10, 16), (10, 36)),
-                                     (ps, np.float32(1) - ps)):
+        for (n_units, per), p in zip(
+            ((160, 1), (360, 1)) if unit == "patch" else ((10, 16), (10, 36)), (ps, np.float32(1) - ps)
+        ):
             vis = np.asarray(vqmae.num_visible_units(jnp.asarray(p), n_units, 1, n_units)) * per
             worst = worst + vis
         assert int(worst.max()) <= size < 520
         assert size == (361 if unit == "patch" else 376)
     assert vqmae.packed_saf_slots(vqmae.VQMAEAV(encoder_fusion="caf"), {"audio": 160, "visual": 360}) is None
-    assert vqmae.packed_saf_slots(vqmae.VQMAEAV(encoder_fusion="saf", masking="fixed"),
-                                  {"audio": 160, "visual": 360}) is None
+    assert (
+        vqmae.packed_saf_slots(vqmae.VQMAEAV(encoder_fusion="saf", masking="fixed"), {"audio": 160, "visual": 360})
+        is None
+    )
 
 
 def test_gelu_is_the_exact_gelu():
     x = jnp.linspace(-12.0, 12.0, 10001)
-    np.testing.assert_allclose(vqmae._gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(jax.grad(lambda x: vqmae._gelu(x).sum())(x),
-                               jax.grad(lambda x: jax.nn.gelu(x, approximate=False).sum())(x), atol=1e-6)
+    np.testing.assert_allclose(attention.gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(lambda x: attention.gelu(x).sum())(x),
+        jax.grad(lambda x: jax.nn.gelu(x, approximate=False).sum())(x),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("kind", ["self", "cross", "one_query"])
 def test_attention_equals_flax_multi_head_attention(kind):
-    """vqmae.Attention has flax's MultiHeadDotProductAttention parameters (names, shapes,
+    """avrep.nn.attention.Attention has flax's MultiHeadDotProductAttention parameters (names, shapes,
     initial values: checkpoints carry over) and computes the same outputs and gradients,
     with and without a key mask, a query whose keys are all masked included."""
     from flax import linen as nn
 
-    ref = nn.MultiHeadDotProductAttention(num_heads=4, kernel_init=vqmae._dense_init)
-    new = vqmae.Attention(num_heads=4)
+    ref = nn.MultiHeadDotProductAttention(num_heads=4, kernel_init=attention.dense_init)
+    new = attention.Attention(num_heads=4)
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.standard_normal((3, 7, 32)), jnp.float32)
     kv = q if kind == "self" else jnp.asarray(rng.standard_normal((3, 5, 24 if kind == "cross" else 32)), jnp.float32)
     q = q[:, :1] if kind == "one_query" else q  # one_query: AttentionPooling's shape
     params = ref.init(jax.random.key(1), q, kv)
-    assert jax.tree.all(jax.tree.map(lambda a, b: a.shape == b.shape and bool((a == b).all()),
-                                     params, new.init(jax.random.key(1), q, kv)))
+    assert jax.tree.all(
+        jax.tree.map(
+            lambda a, b: a.shape == b.shape and bool((a == b).all()), params, new.init(jax.random.key(1), q, kv)
+        )
+    )
     valid = jnp.asarray(rng.random((3, kv.shape[1])) > 0.4).at[2].set(False)  # example 2: no valid key
     cotangent = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
     for mask in (None, valid[:, None, None, :]):
+
         def loss(module, p, q, kv):
             kv = q if kind == "self" else kv  # self-attention: the same array (Attention fuses Q, K, V)
             out = module.apply(p, q, kv, kv, mask=mask)
             return jnp.sum(out * cotangent), out
 
-        got, want = (_jit(jax.value_and_grad(functools.partial(loss, m), (0, 1, 2), has_aux=True))(params, q, kv)
-                     for m in (new, ref))
+        got, want = (
+            _jit(jax.value_and_grad(functools.partial(loss, m), (0, 1, 2), has_aux=True))(params, q, kv)
+            for m in (new, ref)
+        )
         np.testing.assert_allclose(got[0][1], want[0][1], rtol=1e-5, atol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got[1], want[1])
 
@@ -401,8 +454,10 @@ def test_attention_core_loop_equals_batched_form():
     mask = jnp.asarray(rng.random((6, 1, 5)) > 0.4).at[2].set(False)
     cotangent = jnp.asarray(rng.standard_normal((6, 7, 8)), jnp.float32)
     for m in (None, mask):
-        got, want = (_jit(jax.value_and_grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v, m) * cotangent), (0, 1, 2)))(
-            q, k, v) for f in (vqmae._attention_core_looped, vqmae._attention_core_batched))
+        got, want = (
+            _jit(jax.value_and_grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v, m) * cotangent), (0, 1, 2)))(q, k, v)
+            for f in (attention._attention_core_looped, attention._attention_core_batched)
+        )
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
 
 
@@ -416,14 +471,13 @@ def test_masked_logits_loss_equals_all_logits_then_select(tiny_av, ratio):
     assert masked_only["audio"]["logits"].shape == (B, 7, 8, 16)
     assert every["visual"]["logits"].shape == (B, 16, 16, 32)
     # the all-logits path, selected by hand (NumPy)
-    masked_ce = _jit(vqmae.masked_cross_entropy)
+    masked_ce = _jit(losses.masked_cross_entropy)
     for name in vqmae.MODALITIES:
         o = jax.tree.map(np.asarray, every[name])
         log_p = o["logits"] - logsumexp(o["logits"], axis=-1, keepdims=True)
         ce = -np.take_along_axis(log_p, o["targets"][..., None], -1)[..., 0]
         manual = ce[o["masked"]].mean()
-        got = masked_ce(masked_only[name]["logits"], masked_only[name]["targets"],
-                        masked_only[name]["target_mask"])
+        got = masked_ce(masked_only[name]["logits"], masked_only[name]["targets"], masked_only[name]["target_mask"])
         np.testing.assert_allclose(got, manual, rtol=1e-5)
     np.testing.assert_allclose(loss_masked, loss_every, rtol=1e-6)
 
@@ -449,16 +503,21 @@ def test_padded_buffer_matches_exact_buffer(tiny_av):
         np.testing.assert_allclose(exact["global"][name], padded["global"][name], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("mask_unit,paired", [("patch", False), ("frame", False), ("patch", True),
-                                               ("frame", True)])
+@pytest.mark.parametrize("mask_unit,paired", [("patch", False), ("frame", False), ("patch", True), ("frame", True)])
 def test_packed_saf_buffer_matches_padded_buffers(mask_unit, paired):
     """SAF with Dirichlet ratios packs both modalities' visible tokens into one buffer of a
     static bound (with paired ratios, two examples per row, and their masked tokens' logits
     too); the same draw passed as an override runs the padded per-modality buffers (no
     packing). Same masks -> same loss, global tokens and gradients."""
     # frame masking: 8 windows of 2 audio / 4 visual tokens, so that the bound is below 16 + 32
-    cfg = {**TINY_AV, "encoder_fusion": "saf", "decoder_fusion": "saf", "mask_unit": mask_unit,
-           "paired_ratios": paired, **({"audio_frames": 16, "visual_frames": 8} if mask_unit == "frame" else {})}
+    cfg = {
+        **TINY_AV,
+        "encoder_fusion": "saf",
+        "decoder_fusion": "saf",
+        "mask_unit": mask_unit,
+        "paired_ratios": paired,
+        **({"audio_frames": 16, "visual_frames": 8} if mask_unit == "frame" else {}),
+    }
     model = vqmae.VQMAEAV(**cfg)
     a, v = _av_inputs(batch=8, cfg=cfg)
     params = _random_params(lambda a, v: model.init(_rngs(KEY), a, v), a, v)
@@ -468,8 +527,11 @@ def test_packed_saf_buffer_matches_padded_buffers(mask_unit, paired):
     assert size == (16 + 1 if mask_unit == "patch" else 2 * 1 + 4 * 8)
     pairs = vqmae.paired_slots(model, {"audio": n_a, "visual": n_v})
     if paired:  # U + max(l, 1) visible units, U + 1 masked ones per pair (units of 1 / 2 / 4 tokens)
-        assert pairs == ({"encoder": 9 + 17, "audio": 9, "visual": 17} if mask_unit == "patch" else
-                         {"encoder": 2 * 9 + 4 * 9, "audio": 2 * 9, "visual": 4 * 9})
+        assert pairs == (
+            {"encoder": 9 + 17, "audio": 9, "visual": 17}
+            if mask_unit == "patch"
+            else {"encoder": 2 * 9 + 4 * 9, "audio": 2 * 9, "visual": 4 * 9}
+        )
     else:
         assert pairs is None
 
@@ -480,8 +542,9 @@ def test_packed_saf_buffer_matches_padded_buffers(mask_unit, paired):
     grad = _jit(jax.value_and_grad(loss, has_aux=True))
     for i in range(3):
         key = jax.random.key(10 + i)
-        _, ratio = _jit(lambda k: model.apply({}, model.tokenize(a, v), method=vqmae.VQMAEAV.sample_masking,
-                                              rngs={"mask": k}))(key)
+        _, ratio = _jit(
+            lambda k: model.apply({}, model.tokenize(a, v), method=vqmae.VQMAEAV.sample_masking, rngs={"mask": k})
+        )(key)
         if paired:  # example 2k + 1: example 2k's draw swapped
             np.testing.assert_array_equal(ratio[1::2], ratio[0::2, ::-1])
         (l_packed, packed), g_packed = grad(params, key, None)
@@ -508,19 +571,29 @@ def test_paired_bounds_hold_for_every_coupled_draw():
         model = vqmae.VQMAEAV(encoder_fusion="saf", mask_unit=unit, paired_ratios=True)
         sizes = vqmae.paired_slots(model, {"audio": 160, "visual": 360})
         visible_total = 0
-        for name, (n_units, per), p in zip(vqmae.MODALITIES,
-                                           ((160, 1), (360, 1)) if unit == "patch" else ((10, 16), (10, 36)),
-                                           (ps, np.float32(1) - ps)):
+        for name, (n_units, per), p in zip(
+            vqmae.MODALITIES,
+            ((160, 1), (360, 1)) if unit == "patch" else ((10, 16), (10, 36)),
+            (ps, np.float32(1) - ps),
+        ):
             # example 2k: ratio p; example 2k + 1: the partner's draw, 1 - p as float32 computes it
-            vis = sum(np.asarray(vqmae.num_visible_units(jnp.asarray(q), n_units, 1, n_units)) * per
-                      for q in (p, np.float32(1) - p))
+            vis = sum(
+                np.asarray(vqmae.num_visible_units(jnp.asarray(q), n_units, 1, n_units)) * per
+                for q in (p, np.float32(1) - p)
+            )
             assert int((2 * n_units * per - vis).max()) <= sizes[name]
             visible_total = visible_total + vis
-        assert int(visible_total.max()) <= sizes["encoder"] < 2 * vqmae.packed_saf_slots(
-            model, {"audio": 160, "visual": 360})
+        assert (
+            int(visible_total.max())
+            <= sizes["encoder"]
+            < 2 * vqmae.packed_saf_slots(model, {"audio": 160, "visual": 360})
+        )
     # frame masking: units of 16 audio / 36 visual tokens, 10 windows
-    assert vqmae.paired_slots(model, {"audio": 160, "visual": 360}) == {"audio": 16 * 11, "visual": 36 * 11,
-                                                                          "encoder": 16 * 11 + 36 * 11}
+    assert vqmae.paired_slots(model, {"audio": 160, "visual": 360}) == {
+        "audio": 16 * 11,
+        "visual": 36 * 11,
+        "encoder": 16 * 11 + 36 * 11,
+    }
     patch = vqmae.VQMAEAV(encoder_fusion="saf", paired_ratios=True)
     assert vqmae.paired_slots(patch, {"audio": 160, "visual": 360}) == {"audio": 161, "visual": 361, "encoder": 522}
 
@@ -544,12 +617,17 @@ def test_vqmae_loss_weights_each_modality():
     rng = np.random.default_rng(0)
 
     def stream(codes):
-        return {"logits": jnp.asarray(rng.normal(size=(2, 3, 4, codes)), jnp.float32),
-                "targets": jnp.asarray(rng.integers(0, codes, (2, 3, 4))),
-                "target_mask": jnp.asarray([[True, False, True], [True, True, False]])}
+        return {
+            "logits": jnp.asarray(rng.normal(size=(2, 3, 4, codes)), jnp.float32),
+            "targets": jnp.asarray(rng.integers(0, codes, (2, 3, 4))),
+            "target_mask": jnp.asarray([[True, False, True], [True, True, False]]),
+        }
 
-    out = {"audio": stream(5), "visual": stream(7),
-           "global": {m: jnp.asarray(rng.normal(size=(2, 6)), jnp.float32) for m in vqmae.MODALITIES}}
+    out = {
+        "audio": stream(5),
+        "visual": stream(7),
+        "global": {m: jnp.asarray(rng.normal(size=(2, 6)), jnp.float32) for m in vqmae.MODALITIES},
+    }
     loss, terms = vqmae.vqmae_loss(out)
     np.testing.assert_allclose(loss, terms["ce_audio"] + terms["ce_visual"] + terms["nce"], rtol=1e-6)
     weighted, same_terms = vqmae.vqmae_loss(out, modality_weights={"audio": 0.0, "visual": 2.0})
@@ -559,15 +637,17 @@ def test_vqmae_loss_weights_each_modality():
 
 def test_info_nce_is_minimal_when_the_global_tokens_match():
     b, d, tau = 4, 8, 0.5
-    info_nce = _jit(vqmae.info_nce, static_argnums=2)
+    info_nce = _jit(losses.info_nce, static_argnums=2)
     u = jnp.eye(d)[:b] * jnp.arange(1.0, b + 1)[:, None]  # orthogonal rows, any norms
     matched = info_nce(u, u, tau)
     # each item: positive cos 1, the 2B - 2 negatives cos 0
     expected = -np.log(np.exp(1 / tau) / (np.exp(1 / tau) + 2 * b - 2))
     np.testing.assert_allclose(matched, expected, rtol=1e-6)
-    others = [u[jnp.array([1, 2, 3, 0])],  # mismatched pairs
-              u + 0.3 * jax.random.normal(KEY, u.shape),
-              jax.random.normal(jax.random.key(1), u.shape)]
+    others = [
+        u[jnp.array([1, 2, 3, 0])],  # mismatched pairs
+        u + 0.3 * jax.random.normal(KEY, u.shape),
+        jax.random.normal(jax.random.key(1), u.shape),
+    ]
     for v in others:
         assert info_nce(u, v, tau) > matched + 1e-3
 
@@ -575,16 +655,16 @@ def test_info_nce_is_minimal_when_the_global_tokens_match():
 def test_asymmetric_loss():
     logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     labels = jnp.array([0, 2])
-    asl = _jit(vqmae.asymmetric_loss, static_argnames=("gamma_pos", "gamma_neg", "eps"))
+    asl = _jit(losses.asymmetric_loss, static_argnames=("gamma_pos", "gamma_neg", "eps"))
     ce = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(labels)[:, None], 1).mean()
     np.testing.assert_allclose(asl(logits, labels, gamma_neg=0.0, eps=0.0), ce, rtol=1e-6)
     p = np.asarray(jax.nn.softmax(logits))
     onehot = np.eye(3)[np.asarray(labels)]
     target = onehot * 0.9 + 0.1 / 3
-    weight = np.where(onehot > 0, 1.0, p ** 4)
+    weight = np.where(onehot > 0, 1.0, p**4)
     expected = -(target * weight * np.log(p)).sum(-1).mean()
     np.testing.assert_allclose(asl(logits, labels), expected, rtol=1e-5)
-    assert np.isfinite(_jit(jax.grad(lambda x: vqmae.asymmetric_loss(x, labels)))(logits * 100)).all()
+    assert np.isfinite(_jit(jax.grad(lambda x: losses.asymmetric_loss(x, labels)))(logits * 100)).all()
 
 
 # ------------------------------------------------------------ fine-tuning ---
@@ -604,27 +684,24 @@ def test_classifier_heads_on_the_pretrained_encoder(pooling):
     if pooling != "attention":
         pre = {k: w for k, w in pre.items() if not k.endswith("_pool")}
     assert jax.tree.structure(shapes["params"]["backbone"]) == jax.tree.structure(pre)
-    assert jax.tree.map(lambda x: x.shape, shapes["params"]["backbone"]) == jax.tree.map(
-        lambda x: x.shape, pre)
+    assert jax.tree.map(lambda x: x.shape, shapes["params"]["backbone"]) == jax.tree.map(lambda x: x.shape, pre)
 
 
 def test_query2emo_and_cls_heads_run():
-    clf = vqmae.VQMAEClassifier(vqmae.VQMAES(**TINY_S), num_classes=4, pooling="query2emo",
-                                query2emo_mlp_dim=32)
+    clf = vqmae.VQMAEClassifier(vqmae.VQMAES(**TINY_S), num_classes=4, pooling="query2emo", query2emo_mlp_dim=32)
     audio = _indices(KEY, (B, 8, 8), 16)
     params = _random_params(lambda x: clf.init({"params": KEY}, x), audio)
     labels = jnp.array([0, 3, 1])
 
     def loss(p):
         logits = clf.apply(p, audio)
-        return vqmae.asymmetric_loss(logits, labels), logits
+        return losses.asymmetric_loss(logits, labels), logits
 
     (value, logits), grads = _jit(jax.value_and_grad(loss, has_aux=True))(params)
     assert logits.shape == (B, 4) and np.isfinite(logits).all() and np.isfinite(value)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
     cls_head = vqmae.VQMAEClassifier(vqmae.VQMAES(**TINY_S), num_classes=4, pooling="cls")
-    assert jax.eval_shape(lambda x: cls_head.apply(cls_head.init({"params": KEY}, x), x),
-                          audio).shape == (B, 4)
+    assert jax.eval_shape(lambda x: cls_head.apply(cls_head.init({"params": KEY}, x), x), audio).shape == (B, 4)
 
 
 # ------------------------------------------------------------------ errors ---

@@ -1,4 +1,5 @@
 """VQ-MAE training: index caches, pre-training, fine-tuning folds, warm start, frozen encoder, evaluation."""
+
 import csv
 import json
 import math
@@ -9,12 +10,12 @@ import numpy as np
 import pytest
 
 from avrep import load_checkpoint
+from avrep.features.cache import FeatureSource
+from avrep.tasks import build_task
+from avrep.tasks.vqmae import fold_assignment
 from avrep.training import loop
-from avrep.training.features import FeatureSource
-from avrep.training.tasks import build_task
-from avrep.training.tasks.vqmae import fold_assignment
 from configs import vqmae_finetune, vqmae_pipeline
-from data_pipelines import pipelines, registry
+from data_pipelines import pipelines, sources
 
 
 def test_fold_assignment_tests_every_speaker_exactly_once():
@@ -34,8 +35,11 @@ def test_fold_assignment_tests_every_speaker_exactly_once():
 
 
 def test_feature_windows_keep_audio_aligned_and_wrap_short_utterances():
-    record = {"x_audio": np.arange(14)[:, None] * np.ones((1, 3), int),  # 2 audio frames per video frame
-              "x_visual": np.arange(7)[:, None, None] * np.ones((1, 2, 2), int), "emotion": 5}
+    record = {
+        "x_audio": np.arange(14)[:, None] * np.ones((1, 3), int),  # 2 audio frames per video frame
+        "x_visual": np.arange(7)[:, None, None] * np.ones((1, 2, 2), int),
+        "emotion": 5,
+    }
     window = pipelines._RandomFeatureWindow(4, ("x_audio", "x_visual"), ("emotion",), False, "test")
     out = window.random_map(record, np.random.default_rng(3))
     t0 = out["x_visual"][0, 0, 0]
@@ -47,7 +51,9 @@ def test_feature_windows_keep_audio_aligned_and_wrap_short_utterances():
     np.testing.assert_array_equal(out["x_visual"][:, 0, 0], np.arange(10) % 7)
     np.testing.assert_array_equal(out["x_audio"][:, 0], np.arange(20) % 14)
     with pytest.raises(pipelines.DataError, match="fewer than the window of 10"):
-        pipelines._RandomFeatureWindow(10, ("x_visual",), (), False, "test").random_map(record, np.random.default_rng(0))
+        pipelines._RandomFeatureWindow(10, ("x_visual",), (), False, "test").random_map(
+            record, np.random.default_rng(0)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +73,7 @@ def test_index_cache_holds_the_tokenizers_indices_at_both_rates(vqmae_workdir):
     assert len(record["x_audio"]) == 2 * len(record["x_visual"])  # 50 Hz audio beside 25 fps video
     visual = load_checkpoint(vqmae_workdir / "vqvae_visual")
     config = visual.config
-    source = pipelines.open_source(config.data.name, "test", str(vqmae_workdir / "data"))
+    source = sources.open_source(config.data.name, "test", str(vqmae_workdir / "data"))
     frame = np.asarray(source[record["record"]]["video"][3:4], np.float32) / 255.0 - 0.5
     z_e = visual.module.apply(visual.variables, frame, method="encode")
     _, indices = visual.module.apply(visual.variables, z_e, method="quantize")
@@ -105,7 +111,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_on_disjoint_speakers(vqm
 
 def test_frozen_encoder_gets_no_updates(vqmae_workdir, tmp_path):
     config = vqmae_finetune.get_config("frozen,smoke")
-    config.pretrained = str(vqmae_workdir / "vqmae_av")
+    config.finetune.pretrained = str(vqmae_workdir / "vqmae_av")
     config.data.data_dir = str(vqmae_workdir / "data")
     config.data.feature_cache_dir = str(vqmae_workdir / "index_cache")
     loop.train(config, str(tmp_path / "frozen"))
@@ -114,19 +120,21 @@ def test_frozen_encoder_gets_no_updates(vqmae_workdir, tmp_path):
     for a, b in zip(jax.tree.leaves(tuned["backbone"]["encoder"]), jax.tree.leaves(pretrained["encoder"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     unfrozen = load_checkpoint(vqmae_workdir / "vqmae_av_ft0").variables["params"]
-    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(unfrozen["backbone"]["encoder"]),
-                                                         jax.tree.leaves(pretrained["encoder"])))
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(unfrozen["backbone"]["encoder"]), jax.tree.leaves(pretrained["encoder"]))
+    )
 
 
 def test_fine_tuning_refuses_another_token_layout(vqmae_workdir):
     config = vqmae_finetune.get_config("smoke")
-    config.pretrained = str(vqmae_workdir / "vqmae_av")
+    config.finetune.pretrained = str(vqmae_workdir / "vqmae_av")
     config.data.data_dir = str(vqmae_workdir / "data")
     config.model = {"visual_patch_size": 8}
     layout = r"differs from the pre-training run .* token layout \(\['visual_patch_size'\]\)"
     with pytest.raises(ValueError, match=layout):
         build_task(config)
-    config.model, config.pretrained = {}, str(vqmae_workdir / "vqvae_audio")
+    config.model, config.finetune.pretrained = {}, str(vqmae_workdir / "vqvae_audio")
     with pytest.raises(ValueError, match="is a 'vqvae' run; expected a VQ-MAE pre-training run"):
         build_task(config)
 
@@ -138,7 +146,8 @@ def test_evaluation_writes_fold_table_and_masking_curve(vqmae_workdir):
     with open(vqmae_workdir / "eval" / "emotion_finetuning.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["model"], r["pretrain"], r["pooling"], r["n"]) for r in rows] == [
-        ("VQ-MAE-AV (SAF-SAF)", "✓", "query2emo", "3")]
+        ("VQ-MAE-AV (SAF-SAF)", "✓", "query2emo", "3")
+    ]
     assert 0.0 <= float(rows[0]["accuracy"]) <= 100.0 and float(rows[0]["accuracy_std"]) >= 0.0
     with open(vqmae_workdir / "eval" / "emotion_finetuning_folds.csv") as f:
         folds = list(csv.DictReader(f))

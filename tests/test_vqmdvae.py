@@ -1,24 +1,25 @@
 """VQ-MDVAE stage 2: features from the frozen tokenizers, a few training steps, bad configs."""
+
 import os
 
 import numpy as np
 import pytest
 
 from avrep import load_checkpoint
+from avrep.features.inputs import channel_major
+from avrep.tasks import build_task
 from avrep.training import loop
-from avrep.training.tasks import build_task
-from avrep.training.features import channel_major
 from configs import vqmdvae, vqvae_audio, vqvae_visual
-from data_pipelines import pipelines
+from data_pipelines import pipelines, sources
 
 
 def test_channel_major_is_pytorchs_flatten_order():
-    audio = np.random.default_rng(0).standard_normal((2, 64, 8)).astype(np.float32)    # [N, position, C]
+    audio = np.random.default_rng(0).standard_normal((2, 64, 8)).astype(np.float32)  # [N, position, C]
     visual = np.random.default_rng(1).standard_normal((2, 8, 8, 32)).astype(np.float32)  # [N, H, W, C]
     flat_a, flat_v = np.asarray(channel_major(audio)), np.asarray(channel_major(visual))
     assert flat_a.shape == (2, 512) and flat_v.shape == (2, 2048)
-    assert flat_a[1, 3 * 64 + 10] == audio[1, 10, 3]               # (C, 64) flattened
-    assert flat_v[1, 5 * 64 + 2 * 8 + 7] == visual[1, 2, 7, 5]     # (C, H, W) flattened
+    assert flat_a[1, 3 * 64 + 10] == audio[1, 10, 3]  # (C, 64) flattened
+    assert flat_v[1, 5 * 64 + 2 * 8 + 7] == visual[1, 2, 7, 5]  # (C, H, W) flattened
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +46,16 @@ def test_stage2_trains_on_frozen_tokenizer_features(smoke_data_dir, tokenizers, 
     config = _config(smoke_data_dir, tokenizers)
     config.data.feature_cache = False  # on device, inside the step
     task = build_task(config)
-    source = pipelines.open_source(config.data.name, "train", smoke_data_dir)
+    source = sources.open_source(config.data.name, "train", smoke_data_dir)
     batch = next(pipelines.training_iterator(source, task.pipeline, task.framing, seed=0))
     x = {m: np.asarray(v) for m, v in task.features(batch).items()}
     assert x["audio"].shape == (8, 30, 512) and x["visual"].shape == (8, 30, 2048)
     # Frame 7 of sequence 3 is the tokenizer's z_e of that frame, channel-major.
     visual = load_checkpoint(tokenizers["visual"])
-    z_v = visual.module.apply(visual.variables, batch["video"][3, 7:8].astype(np.float32) / 255 - 0.5,
-                              method="encode")
-    np.testing.assert_allclose(x["visual"][3, 7], np.asarray(z_v)[0].transpose(2, 0, 1).reshape(-1), rtol=1e-4,
-                               atol=1e-5)
+    z_v = visual.module.apply(visual.variables, batch["video"][3, 7:8].astype(np.float32) / 255 - 0.5, method="encode")
+    np.testing.assert_allclose(
+        x["visual"][3, 7], np.asarray(z_v)[0].transpose(2, 0, 1).reshape(-1), rtol=1e-4, atol=1e-5
+    )
 
     # The cache holds the same features, utterance by utterance: find this window in it.
     cache = build_task(_config(smoke_data_dir, tokenizers)).training_source(source, str(tmp_path / "run"))
@@ -63,9 +64,9 @@ def test_stage2_trains_on_frozen_tokenizer_features(smoke_data_dir, tokenizers, 
     for i in range(len(cache)):
         record = cache[i]
         for t0 in range(len(record["x_audio"]) - 29):
-            if np.allclose(record["x_audio"][t0:t0 + 30], x["audio"][3], atol=1e-4):
+            if np.allclose(record["x_audio"][t0 : t0 + 30], x["audio"][3], atol=1e-4):
                 matches.append(i)
-                np.testing.assert_allclose(record["x_visual"][t0:t0 + 30], x["visual"][3], rtol=1e-4, atol=1e-4)
+                np.testing.assert_allclose(record["x_visual"][t0 : t0 + 30], x["visual"][3], rtol=1e-4, atol=1e-4)
     assert len(matches) == 1
 
     config = _config(smoke_data_dir, tokenizers)  # cached (the default)
@@ -80,13 +81,16 @@ def test_stage2_trains_on_frozen_tokenizer_features(smoke_data_dir, tokenizers, 
 
 
 def test_feature_cache_skips_short_utterances_and_is_reused(smoke_data_dir, tokenizers, tmp_path):
-    from avrep.training.features import FrozenTokenizers, build_feature_cache
+    from avrep.features.cache import build_feature_cache
+    from avrep.features.tokenizers import FrozenTokenizers
 
     config = _config(smoke_data_dir, tokenizers)
-    source = pipelines.open_source(config.data.name, "test", smoke_data_dir)
+    source = sources.open_source(config.data.name, "test", smoke_data_dir)
     frozen = FrozenTokenizers(config)
-    lengths = [len(build_feature_cache(str(tmp_path / "all"), frozen, source, min_frames=1)[i]["x_audio"])
-               for i in range(len(source))]
+    lengths = [
+        len(build_feature_cache(str(tmp_path / "all"), frozen, source, min_frames=1)[i]["x_audio"])
+        for i in range(len(source))
+    ]
     cutoff = sorted(lengths)[len(lengths) // 2]  # about half the utterances are shorter
     messages = []
     cache = build_feature_cache(str(tmp_path / "c"), frozen, source, min_frames=cutoff, log=messages.append)
@@ -100,18 +104,21 @@ def test_feature_cache_skips_short_utterances_and_is_reused(smoke_data_dir, toke
         os.symlink(tokenizers[modality], tmp_path / f"link_{modality}")
         config.tokenizers[modality] = str(tmp_path / f"link_{modality}")
     os.symlink(smoke_data_dir, tmp_path / "link_data")  # and the same data through a symlinked data_dir
-    linked_source = pipelines.open_source(config.data.name, "test", str(tmp_path / "link_data"))
+    linked_source = sources.open_source(config.data.name, "test", str(tmp_path / "link_data"))
     build_feature_cache(str(tmp_path / "c"), FrozenTokenizers(config), linked_source, min_frames=cutoff)
     assert os.path.getmtime(tmp_path / "c" / "audio.bin") == mtime
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("tokenizers.audio", "", "tokenizers.audio is empty"),
-    ("tokenizers.visual", "AUDIO", r"tokenizers.visual=.* is a vqvae/audio run; expected a visual VQ-VAE"),
-    ("loss.normalization", "mean", "loss.normalization must be one of"),
-    ("loss.likelihood", "video=calibrated", r"loss.likelihood='video=calibrated': expected one of"),
-    ("model.dim_q", 3, r"mdvae config \(config key model\): unknown key\(s\) \['dim_q'\]"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("tokenizers.audio", "", "tokenizers.audio is empty"),
+        ("tokenizers.visual", "AUDIO", r"tokenizers.visual=.* is a vqvae/audio run; expected a visual VQ-VAE"),
+        ("loss.normalization", "mean", "loss.normalization must be one of"),
+        ("loss.likelihood", "video=calibrated", r"loss.likelihood='video=calibrated': expected one of"),
+        ("model.dim_q", 3, r"mdvae config \(config key model\): unknown key\(s\) \['dim_q'\]"),
+    ],
+)
 def test_bad_stage2_config_is_named(smoke_data_dir, tokenizers, key, value, message):
     config = _config(smoke_data_dir, tokenizers)
     group, field = key.split(".")
@@ -120,8 +127,9 @@ def test_bad_stage2_config_is_named(smoke_data_dir, tokenizers, key, value, mess
         build_task(config)
 
 
-@pytest.mark.parametrize("config_arg", ["vqdsae:audio,smoke", "vqdsae:visual,raw,smoke", "vqjointmvae:smoke",
-                                        "vqmdvae:raw,smoke"])
+@pytest.mark.parametrize(
+    "config_arg", ["vqdsae:audio,smoke", "vqdsae:visual,raw,smoke", "vqjointmvae:smoke", "vqmdvae:raw,smoke"]
+)
 def test_baseline_configs_train_and_reconstruct(smoke_data_dir, tokenizers, tmp_path, config_arg):
     """Every baseline of the paper's tables trains from its config and reconstructs whole test utterances."""
     import importlib
@@ -136,7 +144,7 @@ def test_baseline_configs_train_and_reconstruct(smoke_data_dir, tokenizers, tmp_
     last = loop.train(config, str(tmp_path / "run"))
     assert np.isfinite(last["loss"]) and last["step"] == 8
     seq = SequenceModel(load_checkpoint(tmp_path / "run"))
-    source = pipelines.open_source(config.data.name, "test", smoke_data_dir)
+    source = sources.open_source(config.data.name, "test", smoke_data_dir)
     utts, xs, _ = seq.split_features(source, limit=2)
     recon = seq.reconstruct(xs)
     for utt, r in zip(utts, recon):
@@ -149,8 +157,15 @@ def test_baseline_configs_train_and_reconstruct(smoke_data_dir, tokenizers, tmp_
             assert 0.0 <= signals["video"].min() and signals["video"].max() <= 1.0
     expected = {"vqdsae": {"audio"} if "audio" in variant else {"visual"}}.get(module, {"audio", "visual"})
     assert set(seq.outputs) == expected
-    assert seq.name == {"vqdsae:audio,smoke": "VQ-DSAE-audio", "vqdsae:visual,raw,smoke": "DSAE-visual",
-                        "vqjointmvae:smoke": "VQ-JointMVAE", "vqmdvae:raw,smoke": "MDVAE"}[config_arg]
+    assert (
+        seq.name
+        == {
+            "vqdsae:audio,smoke": "VQ-DSAE-audio",
+            "vqdsae:visual,raw,smoke": "DSAE-visual",
+            "vqjointmvae:smoke": "VQ-JointMVAE",
+            "vqmdvae:raw,smoke": "MDVAE",
+        }[config_arg]
+    )
 
 
 @pytest.mark.parametrize("scaling", ["standardize", "modality"])
@@ -158,10 +173,10 @@ def test_scaled_features_are_stored_and_undone(smoke_data_dir, tokenizers, tmp_p
     from avrep.evaluation.sequence import SequenceModel
 
     config = _config(smoke_data_dir, tokenizers)
-    config.feature_scaling = scaling
+    config.features.scaling = scaling
     loop.train(config, str(tmp_path / "run"))
     model = load_checkpoint(tmp_path / "run")
-    from avrep.training.features import FeatureSource
+    from avrep.features.cache import FeatureSource
 
     source = FeatureSource(str(tmp_path / "run" / "feature_cache" / "train"))
     visual = np.concatenate([source[i]["x_visual"] for i in range(len(source))])
@@ -187,12 +202,12 @@ def test_a_tokenizer_checkpoint_is_refused_by_the_sequence_evaluator(tokenizers)
 
 def test_decoding_features_equals_the_tokenizers_own_reconstruction(smoke_data_dir, tokenizers):
     """encode -> flatten channel-major -> unflatten -> quantise -> decode is each VQ-VAE's forward pass."""
-    from avrep.training.features import (FrozenTokenizers, audio_frames_to_power, utterance_frames,
-                                         video_to_model_range)
+    from avrep.features.inputs import audio_frames_to_power, utterance_frames, video_to_model_range
+    from avrep.features.tokenizers import FrozenTokenizers
 
     config = _config(smoke_data_dir, tokenizers)
     frozen = FrozenTokenizers(config)
-    source = pipelines.open_source(config.data.name, "test", smoke_data_dir)
+    source = sources.open_source(config.data.name, "test", smoke_data_dir)
     utt = utterance_frames(source[0], config.audio, "test record 0")
     encoders = frozen.frame_encoders()
     x_audio, x_visual = encoders["audio"](utt["windows"][:16]), encoders["visual"](utt["video"][:16])
@@ -202,3 +217,32 @@ def test_decoding_features_equals_the_tokenizers_own_reconstruction(smoke_data_d
     expected_images = visual.apply_fn(visual.variables, video_to_model_range(utt["video"][:16]))["recon"]
     np.testing.assert_allclose(np.asarray(power), np.asarray(expected_power), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(images), np.asarray(expected_images), rtol=1e-4, atol=1e-5)
+
+
+def test_one_evaluation_restores_each_tokenizer_once(smoke_data_dir, tokenizers, tmp_path, monkeypatch):
+    """Evaluating a VQ-MDVAE run (every table: resynthesis, transformation, denoising, emotion) restores each
+    frozen tokenizer exactly once, however many tasks and feature caches it builds."""
+    from avrep import runs
+    from avrep.evaluation.runner import evaluate_workdir
+    from avrep.features import tokenizers as tokenizers_lib
+
+    config = _config(smoke_data_dir, tokenizers)
+    run = str(tmp_path / "vqmdvae")
+    loop.train(config, run)
+    restores = []
+    real = runs.restore_variables
+
+    def counting(path, abstract, step=None):
+        restores.append(os.path.realpath(runs.resolve_checkpoint(path)[0]).rsplit("/checkpoints", 1)[0])
+        return real(path, abstract, step)
+
+    monkeypatch.setattr(runs, "restore_variables", counting)
+    monkeypatch.setattr(tokenizers_lib, "_RESTORED", type(tokenizers_lib._RESTORED)())
+    evaluate_workdir(run, limit=2, griffin_lim_iters=2, swap_count=2, denoise_count=2, log=lambda _: None)
+    assert os.path.exists(os.path.join(run, "eval", "denoising.csv"))  # the tokenizers were used
+    counts = {path: restores.count(path) for path in set(restores)}
+    assert counts == {
+        os.path.realpath(tokenizers["audio"]): 1,
+        os.path.realpath(tokenizers["visual"]): 1,
+        os.path.realpath(run): 1,
+    }

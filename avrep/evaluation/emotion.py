@@ -1,4 +1,4 @@
-"""Emotion recognition from frozen utterance-level representations (spec/mdvae.md §5.4, Table 4, Fig. 12).
+"""Emotion recognition from frozen utterance-level representations ([MDVAE] Sec. 3.6, Table 4, Fig. 12).
 
 The protocol, and the choices the paper leaves open, stated so the tables can say what they report:
 
@@ -8,8 +8,8 @@ The protocol, and the choices the paper leaves open, stated so the tables can sa
   speakers shuffled, then largest first onto the lightest fold); mean and population std over folds.
 * **Classifiers.** ``mlr``: multinomial logistic regression (one linear layer + softmax, L2).
   ``mlp``: two ReLU hidden layers + softmax (sklearn ``MLPClassifier``, Adam). Both standardise
-  the features with statistics of the training part only. ``ot_mlr`` (PI only, as Table 4 places
-  it): the *same* fitted MLR, applied after unsupervised optimal-transport domain adaptation
+  the features with statistics of the training part only. ``ot_mlr`` (PI only, as [MDVAE] Table 4
+  places it): the *same* fitted MLR, applied after unsupervised optimal-transport domain adaptation
   maps the test speakers' (standardised) features onto the training distribution.
 * **Hyperparameters** (MLR ``C``; MLP hidden sizes and ``alpha``) are chosen by inner
   cross-validation (accuracy) on the training part only: speaker-disjoint inner folds in PI,
@@ -19,6 +19,7 @@ The protocol, and the choices the paper leaves open, stated so the tables can sa
 
 Pure numpy / scikit-learn / POT: no JAX, so it runs on extracted features anywhere.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,7 @@ CLASSIFIERS = ("mlr", "mlp", "ot_mlr")
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 ROW_COLUMNS = ("setting", "classifier", "representation", "task", "accuracy", "f1")
 EXTRA_COLUMNS = ("accuracy_std", "f1_std", "chance", "folds", "n_test", "hyperparameters")
-CURVE_COLUMNS = ("representation", "task", "fraction", "n_labels", "accuracy", "accuracy_std", "f1",
-                 "f1_std", "seeds")
+CURVE_COLUMNS = ("representation", "task", "fraction", "n_labels", "accuracy", "accuracy_std", "f1", "f1_std", "seeds")
 _CLASSIFIER_NAMES = {"mlr": "MLR", "mlp": "MLP", "ot_mlr": "DA+MLR"}
 _TASK_NAMES = {"category": "Cat", "intensity": "Int"}
 
@@ -63,7 +63,11 @@ class EmotionProtocol:
     inner_folds: int = 3
     mlr_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     mlp_grid: tuple[tuple[tuple[int, ...], float], ...] = (
-        ((64, 64), 1e-3), ((64, 64), 1e-1), ((256, 256), 1e-3), ((256, 256), 1e-1))
+        ((64, 64), 1e-3),
+        ((64, 64), 1e-1),
+        ((256, 256), 1e-3),
+        ((256, 256), 1e-1),
+    )
     mlp_max_iter: int = 300
     ot_max_samples: int = 3000
 
@@ -75,14 +79,15 @@ class EmotionProtocol:
 def _check_features(name: str, features, n: int | None) -> np.ndarray:
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f"features {name!r}: expected a 2-D array [N, D] (one row per utterance), "
-                         f"got shape {x.shape}")
+        raise ValueError(f"features {name!r}: expected a 2-D array [N, D] (one row per utterance), got shape {x.shape}")
     if n is not None and x.shape[0] != n:
         raise ValueError(f"features {name!r}: expected {n} rows (one per label/speaker), got {x.shape[0]}")
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if bad.size:
-        raise ValueError(f"features {name!r}: expected finite values, got NaN/inf in {bad.size} "
-                         f"row(s) (first indices: {bad[:5].tolist()})")
+        raise ValueError(
+            f"features {name!r}: expected finite values, got NaN/inf in {bad.size} "
+            f"row(s) (first indices: {bad[:5].tolist()})"
+        )
     return x
 
 
@@ -100,8 +105,9 @@ def _check_labels(labels: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndar
     return out
 
 
-def _check_inputs(representations: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
-                  speakers=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+def _check_inputs(
+    representations: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], speakers=None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
     """Validates everything up front so a long run cannot fail half-way on a bad representation."""
     if not representations:
         raise ValueError("representations: expected a non-empty {name: features [N, D]} mapping")
@@ -114,8 +120,9 @@ def _check_inputs(representations: Mapping[str, np.ndarray], labels: Mapping[str
     if speakers is not None:
         spk = np.asarray(speakers)
         if spk.ndim != 1 or spk.shape[0] != n:
-            raise ValueError(f"speakers: expected a 1-D array of length {n} (one id per utterance), "
-                             f"got shape {spk.shape}")
+            raise ValueError(
+                f"speakers: expected a 1-D array of length {n} (one id per utterance), got shape {spk.shape}"
+            )
     return reps, y, spk
 
 
@@ -151,8 +158,10 @@ def pi_folds(speakers, n_folds: int = 5, *, seed: int = 0) -> list[tuple[np.ndar
     ids, inverse, counts = np.unique(speakers, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     if ids.size < n_folds:
-        raise ValueError(f"person-independent CV: expected at least {n_folds} speakers for {n_folds} "
-                         f"speaker-disjoint folds, got {ids.size}")
+        raise ValueError(
+            f"person-independent CV: expected at least {n_folds} speakers for {n_folds} "
+            f"speaker-disjoint folds, got {ids.size}"
+        )
     order = np.random.default_rng(seed).permutation(ids.size)
     order = order[np.argsort(-counts[order], kind="stable")]
     fold_of = np.empty(ids.size, dtype=int)
@@ -165,8 +174,9 @@ def pi_folds(speakers, n_folds: int = 5, *, seed: int = 0) -> list[tuple[np.ndar
     return [(np.flatnonzero(utt_fold != k), np.flatnonzero(utt_fold == k)) for k in range(n_folds)]
 
 
-def _inner_splits(y: np.ndarray, groups: np.ndarray | None, n_inner: int,
-                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _inner_splits(
+    y: np.ndarray, groups: np.ndarray | None, n_inner: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Inner CV folds on the training part: speaker-disjoint with groups, else stratified; [] if impossible."""
     if groups is not None:
         n_groups = np.unique(groups).size
@@ -189,8 +199,9 @@ def _fit(kind: str, x: np.ndarray, y: np.ndarray, param, seed: int, protocol: Em
         model = LogisticRegression(C=float(param), max_iter=2000)
     elif kind == "mlp":
         hidden, alpha = param
-        model = MLPClassifier(hidden_layer_sizes=tuple(hidden), alpha=float(alpha),
-                              max_iter=protocol.mlp_max_iter, random_state=seed)
+        model = MLPClassifier(
+            hidden_layer_sizes=tuple(hidden), alpha=float(alpha), max_iter=protocol.mlp_max_iter, random_state=seed
+        )
     else:
         raise ValueError(f"classifier: expected 'mlr' or 'mlp' to fit, got {kind!r}")
     pipe = make_pipeline(StandardScaler(), model)
@@ -200,8 +211,7 @@ def _fit(kind: str, x: np.ndarray, y: np.ndarray, param, seed: int, protocol: Em
     return pipe
 
 
-def _select(kind: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int,
-            protocol: EmotionProtocol):
+def _select(kind: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int, protocol: EmotionProtocol):
     """Grid value with the best inner-CV accuracy on (x, y), which must be training data only.
 
     Ties go to the earlier grid value. When no inner split is possible (a class with one example),
@@ -217,8 +227,9 @@ def _select(kind: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, 
         return grid[len(grid) // 2]
     scores = []
     for param in grid:
-        accs = [accuracy_score(y[va], _fit(kind, x[tr], y[tr], param, seed, protocol).predict(x[va]))
-                for tr, va in splits]
+        accs = [
+            accuracy_score(y[va], _fit(kind, x[tr], y[tr], param, seed, protocol).predict(x[va])) for tr, va in splits
+        ]
         scores.append(float(np.mean(accs)))
     return grid[int(np.argmax(scores))]
 
@@ -236,8 +247,7 @@ def _ot_to_train(z_test: np.ndarray, z_train: np.ndarray, *, seed: int, max_samp
 
     rng = np.random.default_rng(seed)
     xt = z_train if len(z_train) <= max_samples else z_train[rng.choice(len(z_train), max_samples, replace=False)]
-    xs = z_test if len(z_test) <= max_samples else z_test[np.sort(rng.choice(len(z_test), max_samples,
-                                                                             replace=False))]
+    xs = z_test if len(z_test) <= max_samples else z_test[np.sort(rng.choice(len(z_test), max_samples, replace=False))]
     transport = ot.da.EMDTransport(max_iter=10_000_000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # POT warns when numItermax is reached
@@ -249,9 +259,11 @@ def _ot_to_train(z_test: np.ndarray, z_train: np.ndarray, *, seed: int, max_samp
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     majority = np.unique(y_true, return_counts=True)[1].max() / len(y_true)
-    return {"accuracy": float(accuracy_score(y_true, y_pred)),
-            "f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-            "chance": float(majority)}
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "chance": float(majority),
+    }
 
 
 def _describe(kind: str, param) -> str:
@@ -261,9 +273,17 @@ def _describe(kind: str, param) -> str:
     return f"hidden={'x'.join(map(str, hidden))},alpha={alpha:g}"
 
 
-def evaluate_split(features: np.ndarray, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, *,
-                   groups: np.ndarray | None = None, classifiers: Sequence[str] = CLASSIFIERS, seed: int = 0,
-                   protocol: EmotionProtocol = EmotionProtocol()) -> dict[str, dict]:
+def evaluate_split(
+    features: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    classifiers: Sequence[str] = CLASSIFIERS,
+    seed: int = 0,
+    protocol: EmotionProtocol = EmotionProtocol(),
+) -> dict[str, dict]:
     """Scores each classifier on one train/test split: ``{classifier: {accuracy, f1, chance, hyperparameters}}``.
 
     ``groups`` (speaker ids of all rows) makes the inner hyperparameter CV speaker-disjoint (PI).
@@ -282,8 +302,9 @@ def evaluate_split(features: np.ndarray, y: np.ndarray, train_idx: np.ndarray, t
             out["mlr"] = {**_scores(y_te, model.predict(x_te)), "hyperparameters": _describe("mlr", c)}
         if "ot_mlr" in classifiers:
             scaler, linear = model[:-1], model[-1]
-            mapped = _ot_to_train(scaler.transform(x_te), scaler.transform(x_tr), seed=seed,
-                                  max_samples=protocol.ot_max_samples)
+            mapped = _ot_to_train(
+                scaler.transform(x_te), scaler.transform(x_tr), seed=seed, max_samples=protocol.ot_max_samples
+            )
             out["ot_mlr"] = {**_scores(y_te, linear.predict(mapped)), "hyperparameters": _describe("mlr", c)}
     if "mlp" in classifiers:
         param = _select("mlp", x_tr, y_tr, g_tr, seed, protocol)
@@ -300,21 +321,33 @@ def _summarise(per_fold: list[dict], n_test: int) -> dict:
     acc = np.array([f["accuracy"] for f in per_fold])
     f1 = np.array([f["f1"] for f in per_fold])
     several = len(per_fold) > 1
-    return {"accuracy": float(acc.mean()), "f1": float(f1.mean()),
-            "accuracy_std": float(acc.std()) if several else math.nan,
-            "f1_std": float(f1.std()) if several else math.nan,
-            "chance": float(np.mean([f["chance"] for f in per_fold])), "folds": len(per_fold),
-            "n_test": n_test, "hyperparameters": ";".join(f["hyperparameters"] for f in per_fold)}
+    return {
+        "accuracy": float(acc.mean()),
+        "f1": float(f1.mean()),
+        "accuracy_std": float(acc.std()) if several else math.nan,
+        "f1_std": float(f1.std()) if several else math.nan,
+        "chance": float(np.mean([f["chance"] for f in per_fold])),
+        "folds": len(per_fold),
+        "n_test": n_test,
+        "hyperparameters": ";".join(f["hyperparameters"] for f in per_fold),
+    }
 
 
-def evaluate_emotion(representations: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], speakers, *,
-                     seed: int = 0, settings: Sequence[str] = SETTINGS, classifiers: Sequence[str] = CLASSIFIERS,
-                     protocol: EmotionProtocol = EmotionProtocol()) -> list[dict]:
-    """Table 4: every (setting, classifier, representation, task), on splits shared by all of them.
+def evaluate_emotion(
+    representations: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    speakers,
+    *,
+    seed: int = 0,
+    settings: Sequence[str] = SETTINGS,
+    classifiers: Sequence[str] = CLASSIFIERS,
+    protocol: EmotionProtocol = EmotionProtocol(),
+) -> list[dict]:
+    """[MDVAE] Table 4: every (setting, classifier, representation, task), on splits shared by all of them.
 
     Returns rows with the keys of ``ROW_COLUMNS`` then ``EXTRA_COLUMNS``; accuracy and (macro) F1
     are fractions in [0, 1], PI values are the mean over folds (``*_std``: population std; NaN for PD).
-    ``ot_mlr`` is run in PI only (the spec's reading of Table 4) and skipped in PD.
+    ``ot_mlr`` is run in PI only (our reading of [MDVAE] Table 4) and skipped in PD.
     """
     reps, y, spk = _check_inputs(representations, labels, speakers)
     bad = [s for s in settings if s not in SETTINGS]
@@ -338,13 +371,21 @@ def evaluate_emotion(representations: Mapping[str, np.ndarray], labels: Mapping[
         groups = spk if setting == "PI" else None
         for name, x in reps.items():
             for task, labels_t in y.items():
-                per_fold = [evaluate_split(x, labels_t, tr, te, groups=groups, classifiers=active,
-                                           seed=seed, protocol=protocol)
-                            for tr, te in splits[setting]]
+                per_fold = [
+                    evaluate_split(x, labels_t, tr, te, groups=groups, classifiers=active, seed=seed, protocol=protocol)
+                    for tr, te in splits[setting]
+                ]
                 n_test = sum(len(te) for _, te in splits[setting])
                 for clf in active:
-                    rows.append({"setting": setting, "classifier": clf, "representation": name, "task": task,
-                                 **_summarise([fold[clf] for fold in per_fold], n_test)})
+                    rows.append(
+                        {
+                            "setting": setting,
+                            "classifier": clf,
+                            "representation": name,
+                            "task": task,
+                            **_summarise([fold[clf] for fold in per_fold], n_test),
+                        }
+                    )
     order = {(s, c): i for i, (s, c) in enumerate((s, c) for s in settings for c in classifiers)}
     return sorted(rows, key=lambda r: order[(r["setting"], r["classifier"])])  # stable: keeps rep/task order
 
@@ -359,11 +400,17 @@ def _few_label_subset(y_train: np.ndarray, fraction: float, rng: np.random.Gener
     return np.sort(np.concatenate(picked))
 
 
-def few_label_curve(representations: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], *,
-                    task: str = "category", fractions: Sequence[float] = FRACTIONS,
-                    seeds: Sequence[int] = (0, 1, 2), seed: int = 0,
-                    protocol: EmotionProtocol = EmotionProtocol()) -> list[dict]:
-    """Fig. 12: PD MLR accuracy vs the fraction of training labels used, averaged over ``seeds``.
+def few_label_curve(
+    representations: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    *,
+    task: str = "category",
+    fractions: Sequence[float] = FRACTIONS,
+    seeds: Sequence[int] = (0, 1, 2),
+    seed: int = 0,
+    protocol: EmotionProtocol = EmotionProtocol(),
+) -> list[dict]:
+    """[MDVAE] Fig. 12: PD MLR accuracy vs the fraction of training labels used, averaged over ``seeds``.
 
     Uses the same PD split as :func:`evaluate_emotion` with the same ``seed`` and ``labels``; only
     the training part is subsampled (stratified), the test part stays whole. The MLR's C is chosen
@@ -384,13 +431,24 @@ def few_label_curve(representations: Mapping[str, np.ndarray], labels: Mapping[s
             for s in seeds:
                 sub = train[_few_label_subset(target[train], fraction, np.random.default_rng(s))]
                 n_labels = len(sub)
-                per_seed.append(evaluate_split(x, target, sub, test, classifiers=("mlr",), seed=s,
-                                               protocol=protocol)["mlr"])
+                per_seed.append(
+                    evaluate_split(x, target, sub, test, classifiers=("mlr",), seed=s, protocol=protocol)["mlr"]
+                )
             acc = np.array([p["accuracy"] for p in per_seed])
             f1 = np.array([p["f1"] for p in per_seed])
-            curve.append({"representation": name, "task": task, "fraction": float(fraction), "n_labels": n_labels,
-                          "accuracy": float(acc.mean()), "accuracy_std": float(acc.std()),
-                          "f1": float(f1.mean()), "f1_std": float(f1.std()), "seeds": len(per_seed)})
+            curve.append(
+                {
+                    "representation": name,
+                    "task": task,
+                    "fraction": float(fraction),
+                    "n_labels": n_labels,
+                    "accuracy": float(acc.mean()),
+                    "accuracy_std": float(acc.std()),
+                    "f1": float(f1.mean()),
+                    "f1_std": float(f1.std()),
+                    "seeds": len(per_seed),
+                }
+            )
     return curve
 
 
@@ -405,7 +463,7 @@ def _percent(row: Mapping, metric: str) -> str:
 
 
 def _table4_markdown(rows: Sequence[Mapping], dataset: str) -> str:
-    """Paper Table 4 layout: one line per (setting, classifier, representation), tasks side by side."""
+    """[MDVAE] Table 4 layout: one line per (setting, classifier, representation), tasks side by side."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     keys = list(dict.fromkeys((r["setting"], r["classifier"], r["representation"]) for r in rows))
     cell = {(r["setting"], r["classifier"], r["representation"], r["task"]): r for r in rows}
@@ -417,8 +475,12 @@ def _table4_markdown(rows: Sequence[Mapping], dataset: str) -> str:
     header = ["Set", "Clf", "Representation"]
     for t in tasks:
         header += [f"{_TASK_NAMES.get(t, t)} {dataset} Acc", f"{_TASK_NAMES.get(t, t)} {dataset} F1"]
-    lines = [f"# Emotion recognition on {dataset} (Table 4 layout)", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"# Emotion recognition on {dataset} (MDVAE paper Table 4 layout)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for setting, clf, rep in keys:
         cells = [setting, _CLASSIFIER_NAMES.get(clf, clf), rep]
         for t in tasks:
@@ -436,14 +498,16 @@ def _table4_markdown(rows: Sequence[Mapping], dataset: str) -> str:
             chance = [r["chance"] for r in rows if r["setting"] == setting and r["task"] == t]
             cells += [f"{100 * chance[0]:.1f}" if chance else "–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["",
-              "Accuracy and F1 in %. F1 is the **macro** F1 (unweighted mean over classes). "
-              "PD: one seeded random 70/30 split stratified on the joint labels. "
-              "PI: 5-fold speaker-disjoint cross-validation, mean ± population std over folds. "
-              "Features standardised with training statistics; hyperparameters (MLR C, MLP hidden sizes/alpha) "
-              "chosen by inner CV on the training part (speaker-disjoint in PI). "
-              "DA+MLR: exact OT (POT EMDTransport) maps the test features onto the training distribution, "
-              "then the same MLR. Chance: majority-class rate of the test part. Bold: best per setting."]
+    lines += [
+        "",
+        "Accuracy and F1 in %. F1 is the **macro** F1 (unweighted mean over classes). "
+        "PD: one seeded random 70/30 split stratified on the joint labels. "
+        "PI: 5-fold speaker-disjoint cross-validation, mean ± population std over folds. "
+        "Features standardised with training statistics; hyperparameters (MLR C, MLP hidden sizes/alpha) "
+        "chosen by inner CV on the training part (speaker-disjoint in PI). "
+        "DA+MLR: exact OT (POT EMDTransport) maps the test features onto the training distribution, "
+        "then the same MLR. Chance: majority-class rate of the test part. Bold: best per setting.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -472,9 +536,15 @@ def _plot_curve(path: str, curve: Sequence[Mapping]) -> None:
     plt.close(fig)
 
 
-def write_emotion_tables(out_dir: str, rows: Sequence[Mapping], curve: Sequence[Mapping] | None = None, *,
-                         dataset: str = "MEAD", name: str = "emotion") -> dict[str, str]:
-    """Writes ``{name}.csv`` / ``{name}.md`` (Table 4) and, with a curve, ``{name}_few_label.csv`` / ``.png``.
+def write_emotion_tables(
+    out_dir: str,
+    rows: Sequence[Mapping],
+    curve: Sequence[Mapping] | None = None,
+    *,
+    dataset: str = "MEAD",
+    name: str = "emotion",
+) -> dict[str, str]:
+    """Writes ``{name}.csv`` / ``{name}.md`` ([MDVAE] Table 4) and, with a curve, ``{name}_few_label.csv`` / ``.png``.
 
     The CSV starts with exactly ``setting, classifier, representation, task, accuracy, f1``
     (fractions in [0, 1]); extra columns follow. Returns ``{kind: path}``.
@@ -492,18 +562,39 @@ def write_emotion_tables(out_dir: str, rows: Sequence[Mapping], curve: Sequence[
     return paths
 
 
-def run_emotion_evaluation(out_dir: str, representations: Mapping[str, np.ndarray],
-                           labels: Mapping[str, np.ndarray], speakers, *, seed: int = 0,
-                           settings: Sequence[str] = SETTINGS, classifiers: Sequence[str] = CLASSIFIERS,
-                           fractions: Sequence[float] = FRACTIONS, curve_task: str = "category",
-                           curve_seeds: Sequence[int] = (0, 1, 2), dataset: str = "MEAD",
-                           protocol: EmotionProtocol = EmotionProtocol()) -> tuple[list[dict], list[dict], dict]:
-    """Table 4 rows + Fig. 12 curve, written to ``out_dir``; returns ``(rows, curve, paths)``.
+def run_emotion_evaluation(
+    out_dir: str,
+    representations: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    speakers,
+    *,
+    seed: int = 0,
+    settings: Sequence[str] = SETTINGS,
+    classifiers: Sequence[str] = CLASSIFIERS,
+    fractions: Sequence[float] = FRACTIONS,
+    curve_task: str = "category",
+    curve_seeds: Sequence[int] = (0, 1, 2),
+    dataset: str = "MEAD",
+    protocol: EmotionProtocol = EmotionProtocol(),
+) -> tuple[list[dict], list[dict], dict]:
+    """[MDVAE] Table 4 rows + Fig. 12 curve, written to ``out_dir``; returns ``(rows, curve, paths)``.
 
     Pass ``fractions=()`` to skip the curve (e.g. when ``curve_task`` is not among the labels).
     """
-    rows = evaluate_emotion(representations, labels, speakers, seed=seed, settings=settings,
-                            classifiers=classifiers, protocol=protocol)
-    curve = few_label_curve(representations, labels, task=curve_task, fractions=fractions, seeds=curve_seeds,
-                            seed=seed, protocol=protocol) if fractions else []
+    rows = evaluate_emotion(
+        representations, labels, speakers, seed=seed, settings=settings, classifiers=classifiers, protocol=protocol
+    )
+    curve = (
+        few_label_curve(
+            representations,
+            labels,
+            task=curve_task,
+            fractions=fractions,
+            seeds=curve_seeds,
+            seed=seed,
+            protocol=protocol,
+        )
+        if fractions
+        else []
+    )
     return rows, curve, write_emotion_tables(out_dir, rows, curve, dataset=dataset)

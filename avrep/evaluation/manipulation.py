@@ -1,4 +1,4 @@
-"""Latent manipulation with a trained MDVAE (spec/mdvae.md §5.2, §5.3, §8).
+"""Latent manipulation with a trained MDVAE ([MDVAE] Sec. 3.4–3.5; [Sadok-thesis] App. B.3–B.4).
 
 * **Analysis-transformation-synthesis**: windows A (donors) and B (recipients) of T frames from
   the test split; B is decoded with one latent (w, z_av, z_a or z_v) taken from A, and
@@ -12,6 +12,7 @@
 * **Audiovisual denoising**: Gaussian noise on the mouth or the eye region of the 6 central
   frames of 10-frame sequences, audio clean; PSNR / SSIM on the corrupted region only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,14 +25,15 @@ import numpy as np
 from avrep import audio as audio_lib
 from avrep.evaluation import attributes as attributes_lib
 from avrep.evaluation.sequence import LATENTS, SequenceModel
-from avrep.training.features import record_meta
 from avrep.evaluation.tables import summarize_rows
+from avrep.features.cache import record_meta
 
 SWAP_ATTRIBUTES = ("pitch", "f1", "f2", "loudness", "mouth_open", "eye_open", "head_x", "head_y")
 
 
-def _first_windows(seq: SequenceModel, source, count: int, different_speakers: bool = False
-                   ) -> tuple[list[dict], dict[str, np.ndarray]]:
+def _first_windows(
+    seq: SequenceModel, source, count: int, different_speakers: bool = False
+) -> tuple[list[dict], dict[str, np.ndarray]]:
     """The first T frames of the first ``count`` test utterances with >= T frames (of as many different
     speakers as the split has, if asked): (utterances, features)."""
     indices = range(min(len(source), 4 * count))
@@ -40,19 +42,20 @@ def _first_windows(seq: SequenceModel, source, count: int, different_speakers: b
         for i in range(len(source)):
             first_of_speaker.setdefault(record_meta(source[i], i).get("speaker", i), i)
         firsts = sorted(first_of_speaker.values())  # then other utterances, if the split has one speaker
-        indices = (firsts + [i for i in range(len(source)) if i not in first_of_speaker.values()])[:4 * count]
+        indices = (firsts + [i for i in range(len(source)) if i not in first_of_speaker.values()])[: 4 * count]
     utts, xs, _ = seq.split_features(source, indices=indices)
     utts, xs = utts[:count], xs[:count]
     if len(utts) < 2:
         raise ValueError(f"{source.description}: need at least 2 utterances of >= {seq.t} frames, got {len(utts)}")
-    return utts, {m: np.stack([x[m][:seq.t] for x in xs]) for m in ("audio", "visual")}
+    return utts, {m: np.stack([x[m][: seq.t] for x in xs]) for m in ("audio", "visual")}
 
 
 @functools.lru_cache(maxsize=None)
 def _griffin_lim(hop: int, window: str, iters: int):
     """One compiled Griffin-Lim per setting (power [N, T, bins] -> waveforms [N, (T - 1) * hop])."""
-    return jax.jit(functools.partial(audio_lib.griffin_lim, n_iter=iters, hop=hop, window=window,
-                                     key=jax.random.key(0)))
+    return jax.jit(
+        functools.partial(audio_lib.griffin_lim, n_iter=iters, hop=hop, window=window, key=jax.random.key(0))
+    )
 
 
 def _signals(seq: SequenceModel, recon: dict[str, np.ndarray], gl_iters: int) -> dict[str, np.ndarray]:
@@ -65,7 +68,7 @@ def _signals(seq: SequenceModel, recon: dict[str, np.ndarray], gl_iters: int) ->
     if "power" in flat:
         power = flat["power"].reshape(n, t, -1)
         gl = _griffin_lim(int(seq.config.audio["hop"]), str(seq.config.audio["window"]), gl_iters)
-        out["wav"] = np.concatenate([np.asarray(gl(power[s:s + 16])) for s in range(0, n, 16)])
+        out["wav"] = np.concatenate([np.asarray(gl(power[s : s + 16])) for s in range(0, n, 16)])
     return out
 
 
@@ -96,8 +99,9 @@ def swap_experiment(seq: SequenceModel, source, *, count: int = 8, gl_iters: int
     return rows
 
 
-def interpolation_and_generation(seq: SequenceModel, source, out_dir: str, run: str, *, steps: int = 5,
-                                 generate_frames: int = 30, gl_iters: int = 32) -> list[str]:
+def interpolation_and_generation(
+    seq: SequenceModel, source, out_dir: str, run: str, *, steps: int = 5, generate_frames: int = 30, gl_iters: int = 32
+) -> list[str]:
     """w interpolation between two test sequences and a continuation from the priors: PNGs and WAVs."""
     import soundfile as sf
 
@@ -108,8 +112,12 @@ def interpolation_and_generation(seq: SequenceModel, source, out_dir: str, run: 
     interp["w"] = (1 - alphas)[:, None] * latents["w"][0] + alphas[:, None] * latents["w"][1]
     signals = _signals(seq, seq.decode(interp), gl_iters)
     sr, written = int(seq.config.audio["sample_rate"]), []
-    _frame_grid(signals["video"], [f"a={a:.2f}" for a in alphas], os.path.join(out_dir, f"{run}_interpolation.png"),
-                f"{seq.name}: w from sequence 1 (a=0) to sequence 2 (a=1), dynamics of sequence 1")
+    _frame_grid(
+        signals["video"],
+        [f"a={a:.2f}" for a in alphas],
+        os.path.join(out_dir, f"{run}_interpolation.png"),
+        f"{seq.name}: w from sequence 1 (a=0) to sequence 2 (a=1), dynamics of sequence 1",
+    )
     written.append(os.path.join(out_dir, f"{run}_interpolation.png"))
     for i in (0, steps // 2, steps - 1):
         path = os.path.join(out_dir, f"{run}_interpolation_a{alphas[i]:.2f}.wav")
@@ -119,10 +127,13 @@ def interpolation_and_generation(seq: SequenceModel, source, out_dir: str, run: 
     cont = seq.continue_sequence(x["audio"][:1], x["visual"][:1], generate_frames)
     signals = _signals(seq, cont, gl_iters)
     video = signals["video"][0]
-    rows = [video[:seq.t], video[seq.t:]]
-    _frame_grid(np.stack([r[:min(len(rows[0]), len(rows[1]))] for r in rows]),
-                ["analysed", "generated"], os.path.join(out_dir, f"{run}_generation.png"),
-                f"{seq.name}: {seq.t} analysed frames, then {generate_frames} from the learned priors (means)")
+    rows = [video[: seq.t], video[seq.t :]]
+    _frame_grid(
+        np.stack([r[: min(len(rows[0]), len(rows[1]))] for r in rows]),
+        ["analysed", "generated"],
+        os.path.join(out_dir, f"{run}_generation.png"),
+        f"{seq.name}: {seq.t} analysed frames, then {generate_frames} from the learned priors (means)",
+    )
     path = os.path.join(out_dir, f"{run}_generation.wav")
     sf.write(path, signals["wav"][0] / max(1e-6, np.abs(signals["wav"][0]).max()), sr)
     return written + [os.path.join(out_dir, f"{run}_generation.png"), path]
@@ -130,6 +141,7 @@ def interpolation_and_generation(seq: SequenceModel, source, out_dir: str, run: 
 
 def _frame_grid(videos: np.ndarray, labels: Sequence[str], path: str, title: str, columns: int = 8) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -164,8 +176,7 @@ def region_mask(video: np.ndarray, region: str) -> np.ndarray:
     h, w = video.shape[1:3]
     y = -1.0 + (np.arange(h) + 0.5) * 2.0 / h
     x = -1.0 + (np.arange(w) + 0.5) * 2.0 / w
-    centre, half_height, half_width = ((layout.mouth_y, 0.18, 0.32) if region == "mouth"
-                                       else (layout.eye_y, 0.14, 0.60))
+    centre, half_height, half_width = (layout.mouth_y, 0.18, 0.32) if region == "mouth" else (layout.eye_y, 0.14, 0.60)
     return (np.abs(y - centre)[:, None] <= half_height) & (np.abs(x)[None, :] <= half_width)
 
 
@@ -174,15 +185,32 @@ def _region_scores(clean: np.ndarray, out: np.ndarray, mask: np.ndarray) -> dict
     from skimage.metrics import structural_similarity
 
     mse = float(np.mean((out[:, mask] - clean[:, mask]) ** 2))
-    ssim = [structural_similarity(c, o, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                  use_sample_covariance=False, full=True)[1][mask].mean()
-            for c, o in zip(clean, out)]
+    ssim = [
+        structural_similarity(
+            c,
+            o,
+            channel_axis=-1,
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            full=True,
+        )[1][mask].mean()
+        for c, o in zip(clean, out)
+    ]
     return {"psnr": 10 * np.log10(1.0 / max(mse, 1e-12)), "ssim": float(np.mean(ssim))}
 
 
-def denoising_experiment(models: Sequence[SequenceModel], source, *, count: int = 24,
-                         variances: Sequence[float] = (0.01, 0.05, 0.2), length: int = 10,
-                         corrupted: int = 6, seed: int = 0) -> list[dict]:
+def denoising_experiment(
+    models: Sequence[SequenceModel],
+    source,
+    *,
+    count: int = 24,
+    variances: Sequence[float] = (0.01, 0.05, 0.2),
+    length: int = 10,
+    corrupted: int = 6,
+    seed: int = 0,
+) -> list[dict]:
     """Rows {model, region, variance, psnr, psnr_std, ssim, ssim_std, n}.
 
     Sequences of ``length`` frames (the first frames of ``count`` test utterances) whose ``corrupted``
@@ -199,11 +227,11 @@ def denoising_experiment(models: Sequence[SequenceModel], source, *, count: int 
             noisy_utts = []
             for u, mask in zip(utts, masks):
                 video = u["video"][:length].astype(np.float32) / 255.0
-                noise = rng.normal(0.0, np.sqrt(variance), video[first:first + corrupted].shape)
-                video[first:first + corrupted] += noise * mask[None, :, :, None]
+                noise = rng.normal(0.0, np.sqrt(variance), video[first : first + corrupted].shape)
+                video[first : first + corrupted] += noise * mask[None, :, :, None]
                 noisy = np.round(np.clip(video, 0, 1) * 255).astype(np.uint8)
                 noisy_utts.append(dict(u, video=noisy, windows=u["windows"][:length], num_frames=length))
-            clean = [u["video"][first:first + corrupted].astype(np.float32) / 255.0 for u in utts]
+            clean = [u["video"][first : first + corrupted].astype(np.float32) / 255.0 for u in utts]
             candidates = [("VQ-VAE-visual", None)] + [(m.name, m) for m in models]
             for name, model in candidates:
                 xs = (model or base).features(noisy_utts)
@@ -213,8 +241,11 @@ def denoising_experiment(models: Sequence[SequenceModel], source, *, count: int 
                     latents = model.encode(np.stack([x["audio"] for x in xs]), np.stack([x["visual"] for x in xs]))
                     recon = model.decode(latents)["visual"]
                     videos = [model.to_signals({"visual": r})["video"] for r in recon]
-                per = [_region_scores(c, np.clip(v[first:first + corrupted], 0, 1), mask)
-                       for v, c, mask in zip(videos, clean, masks)]
-                rows.append({"model": name, "region": region, "variance": variance,
-                             **summarize_rows(per, ("psnr", "ssim"))})
+                per = [
+                    _region_scores(c, np.clip(v[first : first + corrupted], 0, 1), mask)
+                    for v, c, mask in zip(videos, clean, masks)
+                ]
+                rows.append(
+                    {"model": name, "region": region, "variance": variance, **summarize_rows(per, ("psnr", "ssim"))}
+                )
     return rows

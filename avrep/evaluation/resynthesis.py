@@ -13,6 +13,7 @@ averaged per utterance; tables give mean ± std over utterances.
 Utterances are zero-padded (silence) to a multiple of ``bucket_seconds`` so a handful of
 shapes compile; metrics are computed on the original length only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,16 +27,16 @@ from avrep import audio as audio_lib
 from avrep.evaluation import metrics as metrics_lib
 from avrep.evaluation.sequence import batched_apply
 from avrep.evaluation.tables import summarize_rows
-from data_pipelines.pipelines import decode_utterance
+from data_pipelines.spec import decode_speech, decode_utterance
 
 AUDIO_METRICS = ("stoi", "pesq", "si_sdr")
 VISUAL_METRICS = ("mse", "psnr", "scc", "ssim")
 
 
-def _utterances(source, hop: int, limit: int | None) -> Iterable[dict]:
+def _utterances(source, hop: int, limit: int | None, decode=decode_utterance) -> Iterable[dict]:
     n = len(source) if limit is None else min(limit, len(source))
     for i in range(n):
-        yield decode_utterance(source[i], hop, f"{source.description}: record {i}")
+        yield decode(source[i], hop, f"{source.description}: record {i}")
 
 
 def _waveform_builder(audio_cfg: dict, griffin_lim_iters: int, griffin_lim: bool):
@@ -51,11 +52,20 @@ def _waveform_builder(audio_cfg: dict, griffin_lim_iters: int, griffin_lim: bool
         frame = jnp.arange(power.shape[1])[None, :, None]
         recon = jnp.where(frame < valid[:, None, None], recon, power)
         length = wavs.shape[-1]
-        out = {"original phase": audio_lib.spectrogram_to_waveform(recon, jnp.angle(spec), hop=hop, window=window,
-                                                                   length=length)}
+        out = {
+            "original phase": audio_lib.spectrogram_to_waveform(
+                recon, jnp.angle(spec), hop=hop, window=window, length=length
+            )
+        }
         if griffin_lim:
-            gl = functools.partial(audio_lib.griffin_lim, n_iter=griffin_lim_iters, hop=hop, window=window,
-                                   length=length, key=jax.random.key(0))
+            gl = functools.partial(
+                audio_lib.griffin_lim,
+                n_iter=griffin_lim_iters,
+                hop=hop,
+                window=window,
+                length=length,
+                key=jax.random.key(0),
+            )
             out[f"Griffin-Lim ({griffin_lim_iters} it.)"] = gl(recon)
             out[f"reference: original power, Griffin-Lim ({griffin_lim_iters} it.)"] = gl(power)
         return out, power, recon
@@ -63,9 +73,19 @@ def _waveform_builder(audio_cfg: dict, griffin_lim_iters: int, griffin_lim: bool
     return run
 
 
-def score_audio(wavs: list[np.ndarray], reconstruct: Callable, audio_cfg: dict, *, griffin_lim_iters: int = 32,
-                griffin_lim: bool = True, bucket_seconds: float = 0.5, batch_size: int = 16) -> dict[str, Any]:
-    """Per-condition summaries (mean/std of STOI, PESQ, SI-SDR) and one example for the figure.
+def score_audio(
+    wavs: list[np.ndarray],
+    reconstruct: Callable,
+    audio_cfg: dict,
+    *,
+    griffin_lim_iters: int = 32,
+    griffin_lim: bool = True,
+    bucket_seconds: float = 0.5,
+    batch_size: int = 16,
+    metrics: tuple[str, ...] = AUDIO_METRICS,
+) -> dict[str, Any]:
+    """Per-condition summaries (mean/std of ``metrics``: STOI, PESQ, SI-SDR by default) and one example for
+    the figure.
 
     ``reconstruct(batch [B, L] zero-padded waveforms, indices into wavs)`` returns the model's power
     spectrogram [B, F, bins] (F: centre-padded frames of L samples) and the number of valid frames
@@ -81,27 +101,34 @@ def score_audio(wavs: list[np.ndarray], reconstruct: Callable, audio_cfg: dict, 
         by_length.setdefault(-(-w.size // bucket) * bucket, []).append(i)
     for length, indices in sorted(by_length.items()):
         for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
+            chunk = indices[start : start + batch_size]
             batch = np.zeros((batch_size, length), np.float32)  # fixed batch: one compile per bucket
             for row, i in enumerate(chunk):
-                batch[row, :wavs[i].size] = wavs[i]
+                batch[row, : wavs[i].size] = wavs[i]
             recon, valid = reconstruct(batch, chunk)
             outputs, power, recon = jax.device_get(run(batch, recon, valid))
             for row, i in enumerate(chunk):
                 ref = wavs[i]
                 for condition, out in outputs.items():
                     per_condition.setdefault(condition, []).append(
-                        metrics_lib.audio_metrics(ref, out[row, :ref.size], sr))
+                        metrics_lib.audio_metrics(ref, out[row, : ref.size], sr, metrics)
+                    )
             if example is None:
                 frames = 1 + wavs[chunk[0]].size // hop
                 example = {"power": power[0, :frames], "recon": recon[0, :frames]}
     order = sorted(per_condition, key=lambda c: (c.startswith("reference"), c.startswith("Griffin")))
-    return {"conditions": {c: summarize_rows(per_condition[c], AUDIO_METRICS) for c in order},
-            "example": example}
+    return {"conditions": {c: summarize_rows(per_condition[c], metrics) for c in order}, "example": example}
 
 
-def audio_resynthesis(model, source, *, limit: int | None = None, griffin_lim_iters: int = 32,
-                      bucket_seconds: float = 0.5, batch_size: int = 16) -> dict[str, Any]:
+def audio_resynthesis(
+    model,
+    source,
+    *,
+    limit: int | None = None,
+    griffin_lim_iters: int = 32,
+    bucket_seconds: float = 0.5,
+    batch_size: int = 16,
+) -> dict[str, Any]:
     """Audio tokenizer: every frame of each test utterance through the VQ-VAE (see ``score_audio``)."""
     audio_cfg = model.config.audio
     n_fft, hop, window = int(audio_cfg["n_fft"]), int(audio_cfg["hop"]), str(audio_cfg["window"])
@@ -109,17 +136,22 @@ def audio_resynthesis(model, source, *, limit: int | None = None, griffin_lim_it
 
     @jax.jit
     def tokenizer_power(variables, wavs):
-        power = audio_lib.power_spectrogram(wavs, n_fft=n_fft, hop=hop, window=window, center=True,
-                                            pad_mode=pad_mode)
+        power = audio_lib.power_spectrogram(wavs, n_fft=n_fft, hop=hop, window=window, center=True, pad_mode=pad_mode)
         return model.apply_fn(variables, power.reshape(-1, power.shape[-1]))["recon"].reshape(power.shape)
 
     def reconstruct(batch, chunk):
         recon = tokenizer_power(model.variables, batch)
         return recon, np.full(len(batch), recon.shape[1], np.int32)
 
-    wavs = [u["wav"] for u in _utterances(source, hop, limit)]
-    return score_audio(wavs, reconstruct, audio_cfg, griffin_lim_iters=griffin_lim_iters,
-                       bucket_seconds=bucket_seconds, batch_size=batch_size)
+    wavs = [u["wav"] for u in _utterances(source, hop, limit, decode_speech)]  # audio only: speech datasets too
+    return score_audio(
+        wavs,
+        reconstruct,
+        audio_cfg,
+        griffin_lim_iters=griffin_lim_iters,
+        bucket_seconds=bucket_seconds,
+        batch_size=batch_size,
+    )
 
 
 def score_video(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
@@ -154,13 +186,19 @@ def visual_resynthesis(model, source, *, limit: int | None = None, batch: int = 
 
 def spectrogram_figure(example: dict, path: str, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
     for ax, key, label in zip(axes, ("power", "recon"), ("original", "reconstructed")):
-        ax.imshow(10 * np.log10(example[key].T + 1e-10), origin="lower", aspect="auto", cmap="magma",
-                  vmin=-80 + 10 * np.log10(example["power"].max() + 1e-10))
+        ax.imshow(
+            10 * np.log10(example[key].T + 1e-10),
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=-80 + 10 * np.log10(example["power"].max() + 1e-10),
+        )
         ax.set_ylabel(f"{label}\nbin")
     axes[-1].set_xlabel("frame")
     fig.suptitle(title)
@@ -171,6 +209,7 @@ def spectrogram_figure(example: dict, path: str, title: str) -> None:
 
 def faces_figure(example: dict, path: str, title: str, count: int = 8) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,4 +1,5 @@
 """Evaluates every run found in a workdir and writes the metric tables into ``<workdir>/eval/``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,76 +8,150 @@ from typing import Callable
 
 import numpy as np
 
+from avrep import runs
+from avrep.evaluation import dvae as dvae_eval
 from avrep.evaluation import manipulation, resynthesis
 from avrep.evaluation import vqmae as vqmae_eval
 from avrep.evaluation.emotion import EmotionProtocol, run_emotion_evaluation
 from avrep.evaluation.sequence import LATENTS, SequenceModel
 from avrep.evaluation.tables import write_csv, write_table
-from avrep.training.checkpointing import CHECKPOINT_SUBDIR, load_checkpoint
-from avrep.training.features import feature_cache_dir
-from data_pipelines.pipelines import open_source
+from avrep.features.cache import feature_cache_dir
+from avrep.runs import CHECKPOINT_SUBDIR
+from avrep.tasks import load_checkpoint
+from data_pipelines.sources import open_source
 
-# name -> (title, key columns, [(metric, header, digits)], notes)
-TABLES = {
-    "analysis_resynthesis_audio": (
-        "Analysis-resynthesis, audio (form of MDVAE paper Table 2)", ("model", "condition", "run"),
-        [("stoi", "STOI ↑", 3), ("pesq", "PESQ (wb) ↑", 2), ("si_sdr", "SI-SDR (dB) ↑", 2)],
-        ["Mean ± std over test utterances (speaker-disjoint test split). PESQ is wide-band (ITU-T P.862.2, "
-         "16 kHz). 'original phase': inverse STFT of the reconstructed power with the input's phase; "
-         "Griffin-Lim rows rebuild the phase from power alone (fast Griffin-Lim, momentum 0.99, random init "
-         "with a fixed key). STFT: Hann window, n_fft 1024, centre zero-padding. Sequence models (MDVAE "
-         "family) reconstruct whole utterances in windows of T frames (posterior means)."]),
-    "analysis_resynthesis_visual": (
-        "Analysis-resynthesis, visual (form of MDVAE paper Table 3)", ("model", "condition", "run"),
-        [("mse", "MSE ↓", 4), ("psnr", "PSNR (dB) ↑", 2), ("scc", "SCC ↑", 3), ("ssim", "SSIM ↑", 3)],
-        ["Mean ± std over test utterances of the per-utterance mean over frames. Pixels in [0, 1] (data range "
-         "1). SSIM: Gaussian 11x11 window, sigma 1.5, K1 0.01, K2 0.03, mean over RGB channels (Wang et al. "
-         "2004). SCC: Laplacian high-pass then windowed correlation coefficient (8x8), as the sewar package."]),
-    "analysis_transformation_synthesis": (
-        "Analysis-transformation-synthesis: one latent of B replaced by donor A's (form of MDVAE paper Fig. 8)",
-        ("model", "latent", "run"),
-        [(f"{a}_{m}", f"{a} {m.upper()}", 2 if m == "pcc" else 3)
-         for a in manipulation.SWAP_ATTRIBUTES for m in ("pcc", "mae")],
-        ["Windows of T frames from the test split; every ordered pair (A, B), A != B (n pairs). PCC: Pearson "
-         "correlation of time-centred attributes of the output and of the real donor A, pooled over pairs "
-         "(high: the latent carries the attribute's dynamics); MAE on raw values (low: it sets the attribute's "
-         "level). Row 'none': B decoded unchanged. Audio from Griffin-Lim (32 it.). Extractors: "
-         "avrep.evaluation.attributes (pYIN pitch in Hz, LPC formants F1/F2 in Hz, loudness in dB, mouth and "
-         "eye opening and head position measured on the rendered faces)."]),
-    "denoising": (
-        "Audiovisual denoising: PSNR / SSIM on the corrupted region (form of MDVAE paper Fig. 11)",
-        ("model", "region", "variance"), [("psnr", "PSNR (dB) ↑", 2), ("ssim", "SSIM ↑", 3)],
-        ["Sequences of 10 frames (the first frames of test utterances); frames 3-8 get N(0, variance) noise on "
-         "pixels in [0, 1] (clipped) inside a box around the mouth or the eyes; audio clean. Mean ± std over "
-         "sequences of the region's PSNR and mean SSIM map (Gaussian window, sigma 1.5). VQ-VAE-visual: the "
-         "tokenizer alone."]),
-    "emotion_finetuning": (
-        "Speech emotion recognition by fine-tuned VQ-MAE models, speaker-independent k-fold cross-validation "
-        "(form of VQ-MAE thesis Tables 5.1, 5.2, 5.5)", vqmae_eval.FOLD_KEYS + ("folds",),
-        [("accuracy", "Accuracy (%) ↑", 1), ("f1", "F1 macro (%) ↑", 1), ("f1_weighted", "F1 weighted (%) ↑", 1),
-         ("val_accuracy", "validation acc. (%)", 1)],
-        ["Mean ± std over folds (n). Each fold: its test speakers never seen in fine-tuning; the checkpoint is "
-         "chosen on validation speakers carved from the training speakers (highest accuracy), then scored once "
-         "on the test fold. An utterance's class: mean of the class probabilities of the windows covering it. "
-         "Per-fold rows: emotion_finetuning_folds.csv. Chance on SynthAV: 12.5 % (8 emotions)."]),
-    "reconstruction_vs_masking": (
-        "Reconstruction against the masking ratio (form of VQ-MAE thesis Fig. C.1)", ("model", "run", "ratio"),
-        [("psnr", "visual PSNR (dB) ↑", 2), ("si_sdr", "audio SI-SDR (dB) ↑", 2),
-         ("accuracy_visual", "visual masked-token acc. (%)", 1), ("accuracy_audio", "audio masked-token acc. (%)", 1)],
-        ["First window of each test utterance (n), masked at the ratio (both modalities for VQ-MAE-AV); masked "
-         "tokens take the most likely code, visible ones keep theirs, the frozen tokenizers decode the grids. "
-         "Audio rebuilt with the original phase. Ratio 0 is the tokenizers' own reconstruction. Figure: "
-         "reconstruction_vs_masking.png."]),
-}
-AUDIO_TABLE, VISUAL_TABLE, SWAP_TABLE, DENOISE_TABLE, FINETUNE_TABLE, CURVE_TABLE = TABLES
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A metric table: its file name, title, key columns, [(metric, header, digits)] and notes."""
+
+    name: str
+    title: str
+    keys: tuple[str, ...]
+    metrics: list[tuple[str, str, int]]
+    notes: list[str]
+
+
+AUDIO_TABLE = Table(
+    "analysis_resynthesis_audio",
+    "Analysis-resynthesis, audio (form of MDVAE paper Table 2)",
+    ("model", "condition", "run"),
+    [("stoi", "STOI ↑", 3), ("pesq", "PESQ (wb) ↑", 2), ("si_sdr", "SI-SDR (dB) ↑", 2)],
+    [
+        "Mean ± std over test utterances (speaker-disjoint test split). PESQ is wide-band (ITU-T P.862.2, "
+        "16 kHz). 'original phase': inverse STFT of the reconstructed power with the input's phase; "
+        "Griffin-Lim rows rebuild the phase from power alone (fast Griffin-Lim, momentum 0.99, random init "
+        "with a fixed key). STFT: Hann window, n_fft 1024, centre zero-padding. Sequence models (MDVAE "
+        "family) reconstruct whole utterances in windows of T frames (posterior means)."
+    ],
+)
+VISUAL_TABLE = Table(
+    "analysis_resynthesis_visual",
+    "Analysis-resynthesis, visual (form of MDVAE paper Table 3)",
+    ("model", "condition", "run"),
+    [("mse", "MSE ↓", 4), ("psnr", "PSNR (dB) ↑", 2), ("scc", "SCC ↑", 3), ("ssim", "SSIM ↑", 3)],
+    [
+        "Mean ± std over test utterances of the per-utterance mean over frames. Pixels in [0, 1] (data range "
+        "1). SSIM: Gaussian 11x11 window, sigma 1.5, K1 0.01, K2 0.03, mean over RGB channels (Wang et al. "
+        "2004). SCC: Laplacian high-pass then windowed correlation coefficient (8x8), as the sewar package."
+    ],
+)
+SWAP_TABLE = Table(
+    "analysis_transformation_synthesis",
+    "Analysis-transformation-synthesis: one latent of B replaced by donor A's (form of MDVAE paper Fig. 8)",
+    ("model", "latent", "run"),
+    [
+        (f"{a}_{m}", f"{a} {m.upper()}", 2 if m == "pcc" else 3)
+        for a in manipulation.SWAP_ATTRIBUTES
+        for m in ("pcc", "mae")
+    ],
+    [
+        "Windows of T frames from the test split; every ordered pair (A, B), A != B (n pairs). PCC: Pearson "
+        "correlation of time-centred attributes of the output and of the real donor A, pooled over pairs "
+        "(high: the latent carries the attribute's dynamics); MAE on raw values (low: it sets the attribute's "
+        "level). Row 'none': B decoded unchanged. Audio from Griffin-Lim (32 it.). Extractors: "
+        "avrep.evaluation.attributes (pYIN pitch in Hz, LPC formants F1/F2 in Hz, loudness in dB, mouth and "
+        "eye opening and head position measured on the rendered faces)."
+    ],
+)
+DENOISE_TABLE = Table(
+    "denoising",
+    "Audiovisual denoising: PSNR / SSIM on the corrupted region (form of MDVAE paper Fig. 11)",
+    ("model", "region", "variance"),
+    [("psnr", "PSNR (dB) ↑", 2), ("ssim", "SSIM ↑", 3)],
+    [
+        "Sequences of 10 frames (the first frames of test utterances); frames 3-8 get N(0, variance) noise on "
+        "pixels in [0, 1] (clipped) inside a box around the mouth or the eyes; audio clean. Mean ± std over "
+        "sequences of the region's PSNR and mean SSIM map (Gaussian window, sigma 1.5). VQ-VAE-visual: the "
+        "tokenizer alone."
+    ],
+)
+FINETUNE_TABLE = Table(
+    "emotion_finetuning",
+    "Speech emotion recognition by fine-tuned VQ-MAE models, speaker-independent k-fold cross-validation "
+    "(form of VQ-MAE thesis Tables 5.1, 5.2, 5.5)",
+    vqmae_eval.FOLD_KEYS + ("folds",),
+    [
+        ("accuracy", "Accuracy (%) ↑", 1),
+        ("f1", "F1 macro (%) ↑", 1),
+        ("f1_weighted", "F1 weighted (%) ↑", 1),
+        ("val_accuracy", "validation acc. (%)", 1),
+    ],
+    [
+        "Mean ± std over folds (n). Each fold: its test speakers never seen in fine-tuning; the checkpoint is "
+        "chosen on validation speakers carved from the training speakers (highest accuracy), then scored once "
+        "on the test fold. An utterance's class: mean of the class probabilities of the windows covering it. "
+        "Per-fold rows: emotion_finetuning_folds.csv. Chance on SynthAV: 12.5 % (8 emotions)."
+    ],
+)
+CURVE_TABLE = Table(
+    "reconstruction_vs_masking",
+    "Reconstruction against the masking ratio (form of VQ-MAE thesis Fig. C.1)",
+    ("model", "run", "ratio"),
+    [
+        ("psnr", "visual PSNR (dB) ↑", 2),
+        ("si_sdr", "audio SI-SDR (dB) ↑", 2),
+        ("accuracy_visual", "visual masked-token acc. (%)", 1),
+        ("accuracy_audio", "audio masked-token acc. (%)", 1),
+    ],
+    [
+        "First window of each test utterance (n), masked at the ratio (both modalities for VQ-MAE-AV); masked "
+        "tokens take the most likely code, visible ones keep theirs, the frozen tokenizers decode the grids. "
+        "Audio rebuilt with the original phase. Ratio 0 is the tokenizers' own reconstruction. Figure: "
+        "reconstruction_vs_masking.png."
+    ],
+)
+DVAE_TABLE = Table(
+    "dvae_analysis_resynthesis",
+    "Speech analysis-resynthesis by the DVAE family (form of [Lin-thesis] Table 7.1)",
+    ("model", "condition", "run"),
+    [("rmse", "RMSE ↓", 4), ("si_sdr", "SI-SDR (dB) ↑", 2), ("pesq", "PESQ (wb) ↑", 2), ("estoi", "ESTOI ↑", 3)],
+    [
+        "Mean ± std over test utterances (speaker-disjoint test split; each cut to a multiple of 0.25 s). "
+        "Power spectrogram (sine window 1024, hop 256, centre padding) through the model with posterior means; "
+        "waveform rebuilt with the original phase. RMSE: of the waveform, in units of its peak. PESQ wide-band, "
+        "ESTOI (pystoi). 'generation mode': a scheduled-sampling SRNN fed its own past predictions. Checkpoint: "
+        "lowest validation loss."
+    ],
+)
+TABLES = (AUDIO_TABLE, VISUAL_TABLE, SWAP_TABLE, DENOISE_TABLE, FINETUNE_TABLE, CURVE_TABLE, DVAE_TABLE)
 # A 2-value MLP grid (the default 4-value one costs ~5 CPU minutes on SynthAV's 960 utterances).
 EMOTION_PROTOCOL = EmotionProtocol(mlp_grid=(((128, 128), 1e-3), ((128, 128), 1e-1)), mlp_max_iter=200)
-MODEL_NAMES = {"vqvae_audio": "VQ-VAE-audio", "vqvae_visual": "VQ-VAE-visual"}
 
 
 # Row order of the papers' tables (ablations first, the proposed model last); others after them.
-PAPER_ORDER = ("VQ-VAE-audio", "VQ-VAE-visual", "original signal", "DSAE-audio", "DSAE-visual", "MDVAE",
-               "VQ-DSAE-audio", "VQ-DSAE-visual", "VQ-JointMVAE", "VQ-MDVAE")
+PAPER_ORDER = (
+    "VQ-VAE-audio",
+    "VQ-VAE-visual",
+    "original signal",
+    "DSAE-audio",
+    "DSAE-visual",
+    "MDVAE",
+    "VQ-DSAE-audio",
+    "VQ-DSAE-visual",
+    "VQ-JointMVAE",
+    "VQ-MDVAE",
+)
 
 
 def _paper_order(row: dict) -> int:
@@ -89,18 +164,24 @@ def discover_runs(workdir: str) -> list[str]:
         raise FileNotFoundError(f"--workdir {workdir} does not exist")
     if os.path.isdir(os.path.join(workdir, CHECKPOINT_SUBDIR)):
         return [workdir]
-    runs = sorted(os.path.join(workdir, d) for d in os.listdir(workdir)
-                  if os.path.isdir(os.path.join(workdir, d, CHECKPOINT_SUBDIR)))
-    if not runs:
-        raise FileNotFoundError(f"no trained run under {workdir} (expected {CHECKPOINT_SUBDIR}/ in it or in "
-                                f"its sub-directories); train first with `python train.py --workdir {workdir}`")
-    return runs
+    run_dirs = sorted(
+        os.path.join(workdir, d)
+        for d in os.listdir(workdir)
+        if os.path.isdir(os.path.join(workdir, d, CHECKPOINT_SUBDIR))
+    )
+    if not run_dirs:
+        raise FileNotFoundError(
+            f"no trained run under {workdir} (expected {CHECKPOINT_SUBDIR}/ in it or in "
+            f"its sub-directories); train first with `python train.py --workdir {workdir}`"
+        )
+    return run_dirs
 
 
 @dataclasses.dataclass
 class Evaluation:
     """What the per-run evaluators share: options, table rows, and per-utterance representations
     gathered across runs for the emotion table."""
+
     out_dir: str
     limit: int | None = None
     griffin_lim_iters: int = 32
@@ -122,20 +203,23 @@ def _run_name(run_dir: str) -> str:
 def _evaluate_vqvae(model, run_dir: str, ev: Evaluation) -> None:
     config = model.config
     source = open_source(config.data.name, config.data.eval_split, config.data.data_dir)
-    name = MODEL_NAMES.get(config.name, config.name)
+    name = model.task.display_name
     run = _run_name(run_dir)
     if config.model.modality == "audio":
         result = resynthesis.audio_resynthesis(model, source, limit=ev.limit, griffin_lim_iters=ev.griffin_lim_iters)
         for condition, summary in result["conditions"].items():
             model_name = "original signal" if condition.startswith("reference") else name
-            ev.rows.setdefault(AUDIO_TABLE, []).append({"model": model_name, "condition": condition, "run": run,
-                                                           **summary})
-        resynthesis.spectrogram_figure(result["example"], os.path.join(ev.out_dir, f"{run}_spectrograms.png"),
-                                       f"{name}: {source.description}")
+            ev.rows.setdefault(AUDIO_TABLE.name, []).append(
+                {"model": model_name, "condition": condition, "run": run, **summary}
+            )
+        resynthesis.spectrogram_figure(
+            result["example"], os.path.join(ev.out_dir, f"{run}_spectrograms.png"), f"{name}: {source.description}"
+        )
     else:
         result = resynthesis.visual_resynthesis(model, source, limit=ev.limit)
-        ev.rows.setdefault(VISUAL_TABLE, []).append({"model": name, "condition": "-", "run": run,
-                                                        **result["summary"]})
+        ev.rows.setdefault(VISUAL_TABLE.name, []).append(
+            {"model": name, "condition": "-", "run": run, **result["summary"]}
+        )
         resynthesis.faces_figure(result["example"], os.path.join(ev.out_dir, f"{run}_faces.png"), name)
     ev.log(f"[avrep] evaluated {run_dir} (step {model.step})")
 
@@ -158,24 +242,26 @@ def _evaluate_sequence(model, run_dir: str, ev: Evaluation) -> None:
             valid = np.zeros(len(batch), np.int32)
             for row, i in enumerate(chunk):
                 power = signals[i]["power"]
-                recon[row, :len(power)], valid[row] = power, len(power)
+                recon[row, : len(power)], valid[row] = power, len(power)
             return recon, valid
 
         result = resynthesis.score_audio(wavs, reconstruct, config.audio, griffin_lim=False)
         for condition, summary in result["conditions"].items():
-            ev.rows.setdefault(AUDIO_TABLE, []).append({"model": seq.name, "condition": condition, "run": run,
-                                                           **summary})
+            ev.rows.setdefault(AUDIO_TABLE.name, []).append(
+                {"model": seq.name, "condition": condition, "run": run, **summary}
+            )
     if "visual" in seq.outputs:
         pairs = ((u["video"].astype(np.float32) / 255.0, s["video"]) for u, s in zip(utts, signals))
         result = resynthesis.score_video(pairs)
-        ev.rows.setdefault(VISUAL_TABLE, []).append({"model": seq.name, "condition": "-", "run": run,
-                                                        **result["summary"]})
+        ev.rows.setdefault(VISUAL_TABLE.name, []).append(
+            {"model": seq.name, "condition": "-", "run": run, **result["summary"]}
+        )
         resynthesis.faces_figure(result["example"], os.path.join(ev.out_dir, f"{run}_faces.png"), seq.name)
     if "w" in LATENTS[seq.family]:
         _collect_static_latents(seq, run_dir, ev)
     if seq.family == "mdvae":
         rows = manipulation.swap_experiment(seq, source, count=ev.swap_count)
-        ev.rows.setdefault(SWAP_TABLE, []).extend(dict(r, model=seq.name, run=run) for r in rows)
+        ev.rows.setdefault(SWAP_TABLE.name, []).extend(dict(r, model=seq.name, run=run) for r in rows)
         manipulation.interpolation_and_generation(seq, source, ev.out_dir, run)
     if "visual" in seq.outputs and seq.task.tokenizers is not None:
         ev.denoisers.append(seq)
@@ -201,63 +287,93 @@ def _collect_static_latents(seq: SequenceModel, run_dir: str, ev: Evaluation) ->
 
 
 def _emotion_tables(ev: Evaluation) -> dict:
-    """Table 4 (+ the few-label curve) over the utterances every representation has."""
+    """[MDVAE] Table 4 (+ the few-label curve) over the utterances every representation has."""
     ids = sorted(set.intersection(*(set(v) for v in ev.representations.values())))
     reps = {name: np.stack([v[i] for i in ids]) for name, v in ev.representations.items()}
-    labels = {"category": np.array([ev.labels[i]["emotion"] for i in ids]),
-              "intensity": np.array([ev.labels[i]["intensity"] for i in ids])}
+    labels = {
+        "category": np.array([ev.labels[i]["emotion"] for i in ids]),
+        "intensity": np.array([ev.labels[i]["intensity"] for i in ids]),
+    }
     speakers = np.array([ev.labels[i]["speaker"] for i in ids])
-    _, _, paths = run_emotion_evaluation(ev.out_dir, reps, labels, speakers, dataset="SynthAV",
-                                         protocol=EMOTION_PROTOCOL)
+    _, _, paths = run_emotion_evaluation(
+        ev.out_dir, reps, labels, speakers, dataset="SynthAV", protocol=EMOTION_PROTOCOL
+    )
     ev.log(f"[avrep] emotion recognition on {len(ids)} utterances of {ev.emotion_splits}: {paths}")
     return paths
 
 
 def _evaluate_vqmae_pretraining(model, run_dir: str, ev: Evaluation) -> None:
-    ev.rows.setdefault(CURVE_TABLE, []).extend(vqmae_eval.reconstruction_curve(model, run_dir, count=ev.limit or 24))
+    ev.rows.setdefault(CURVE_TABLE.name, []).extend(
+        vqmae_eval.reconstruction_curve(model, run_dir, count=ev.limit or 24)
+    )
     ev.log(f"[avrep] evaluated {run_dir} (step {model.step})")
 
 
 def _evaluate_vqmae_finetuning(model, run_dir: str, ev: Evaluation) -> None:
     row = vqmae_eval.FinetunedModel(model, run_dir).evaluate()
-    ev.rows.setdefault(FINETUNE_TABLE + "_folds", []).append(dict(row, run=_run_name(run_dir)))
-    ev.log(f"[avrep] evaluated {run_dir}: fold {row['fold']}, step {row['step']} chosen on validation, "
-           f"test accuracy {row['accuracy']:.1f} %")
+    ev.rows.setdefault(FINETUNE_TABLE.name + "_folds", []).append(dict(row, run=_run_name(run_dir)))
+    ev.log(
+        f"[avrep] evaluated {run_dir}: fold {row['fold']}, step {row['step']} chosen on validation, "
+        f"test accuracy {row['accuracy']:.1f} %"
+    )
 
 
-EVALUATORS: dict[str, Callable] = {"vqvae": _evaluate_vqvae, **{family: _evaluate_sequence for family in LATENTS},
-                                   "vqmae": _evaluate_vqmae_pretraining,
-                                   "vqmae_finetune": _evaluate_vqmae_finetuning}
+def _evaluate_dvae(model, run_dir: str, ev: Evaluation) -> None:
+    """DVAE family: analysis-resynthesis rows from the best checkpoint on validation, and a figure of
+    sequences generated from the prior."""
+    best = runs.best_step(run_dir)
+    if best != model.step:
+        model = load_checkpoint(os.path.join(run_dir, CHECKPOINT_SUBDIR, str(best)))
+    config, run = model.config, _run_name(run_dir)
+    source = open_source(config.data.name, config.data.eval_split, config.data.data_dir)
+    rows, example = dvae_eval.resynthesis_rows(model, source, limit=ev.limit)
+    name = model.task.display_name
+    ev.rows.setdefault(DVAE_TABLE.name, []).extend(dict(r, model=name, run=run, step=best) for r in rows)
+    resynthesis.spectrogram_figure(example, os.path.join(ev.out_dir, f"{run}_spectrograms.png"), name)
+    dvae_eval.generation_figure(model, os.path.join(ev.out_dir, f"{run}_generation.png"))
+    ev.log(f"[avrep] evaluated {run_dir} (step {best}, lowest validation loss)")
+
+
+EVALUATORS: dict[str, Callable] = {
+    "vqvae": _evaluate_vqvae,
+    **{family: _evaluate_sequence for family in LATENTS},
+    "vqmae": _evaluate_vqmae_pretraining,
+    "vqmae_finetune": _evaluate_vqmae_finetuning,
+    "dvae": _evaluate_dvae,
+}
 
 
 def evaluate_workdir(workdir: str, *, log: Callable[[str], None] = print, **options) -> dict[str, tuple[str, str]]:
     """Evaluates every run under ``workdir``; ``options`` are ``Evaluation`` fields (limit, swap_count, ...)."""
-    runs = discover_runs(workdir)  # before creating eval/, so a mistyped --workdir is not created
+    run_dirs = discover_runs(workdir)  # before creating eval/, so a mistyped --workdir is not created
     ev = Evaluation(os.path.join(workdir, "eval"), log=log, **options)
     os.makedirs(ev.out_dir, exist_ok=True)
-    for run_dir in runs:
+    for run_dir in run_dirs:
         model = load_checkpoint(run_dir)
         evaluator = EVALUATORS.get(model.config.get("task"))
         if evaluator is None:
-            raise ValueError(f"{run_dir}: no evaluator for task {model.config.get('task')!r}; "
-                             f"known: {sorted(EVALUATORS)}")
+            raise ValueError(
+                f"{run_dir}: no evaluator for task {model.config.get('task')!r}; known: {sorted(EVALUATORS)}"
+            )
         evaluator(model, run_dir, ev)
     written = {}
     if ev.denoisers:
         first = ev.denoisers[0].config
         source = open_source(first.data.name, first.data.eval_split, first.data.data_dir)
-        ev.rows[DENOISE_TABLE] = manipulation.denoising_experiment(ev.denoisers, source, count=ev.denoise_count)
-    if FINETUNE_TABLE + "_folds" in ev.rows:
-        folds = ev.rows[FINETUNE_TABLE + "_folds"]
-        ev.rows[FINETUNE_TABLE] = vqmae_eval.aggregate_folds(folds)
-        write_csv(os.path.join(ev.out_dir, f"{FINETUNE_TABLE}_folds.csv"), folds, list(folds[0]))
-    if CURVE_TABLE in ev.rows:
-        vqmae_eval.curve_figure(ev.rows[CURVE_TABLE], os.path.join(ev.out_dir, f"{CURVE_TABLE}.png"))
-    for name, (title, keys, metrics, notes) in TABLES.items():
-        if name in ev.rows:
-            rows = sorted(ev.rows[name], key=_paper_order)
-            written[name] = write_table(ev.out_dir, name, title, rows, keys, metrics, notes)
-            log(f"[avrep] wrote {written[name][0]}")
+        ev.rows[DENOISE_TABLE.name] = manipulation.denoising_experiment(ev.denoisers, source, count=ev.denoise_count)
+    if FINETUNE_TABLE.name + "_folds" in ev.rows:
+        folds = ev.rows[FINETUNE_TABLE.name + "_folds"]
+        ev.rows[FINETUNE_TABLE.name] = vqmae_eval.aggregate_folds(folds)
+        write_csv(os.path.join(ev.out_dir, f"{FINETUNE_TABLE.name}_folds.csv"), folds, list(folds[0]))
+    if CURVE_TABLE.name in ev.rows:
+        vqmae_eval.curve_figure(ev.rows[CURVE_TABLE.name], os.path.join(ev.out_dir, f"{CURVE_TABLE.name}.png"))
+    for table in TABLES:
+        if table.name in ev.rows:
+            rows = sorted(ev.rows[table.name], key=_paper_order)
+            written[table.name] = write_table(
+                ev.out_dir, table.name, table.title, rows, table.keys, table.metrics, table.notes
+            )
+            log(f"[avrep] wrote {written[table.name][0]}")
     if ev.representations:
         written["emotion"] = _emotion_tables(ev)
     return written

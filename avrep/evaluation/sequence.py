@@ -5,6 +5,7 @@ into windows starting at 0, T, 2T, ... plus one ending at frame n (overlapping t
 each frame's reconstruction comes from the first window that covers it. Inference uses the
 posterior means (``sample=False``). Utterances shorter than T are skipped and counted.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping
@@ -12,20 +13,11 @@ from typing import Iterable, Mapping
 import jax
 import numpy as np
 
-from avrep.training.features import (build_feature_cache, iter_utterance_features, record_meta,
-                                     utterance_frames)
-from avrep.training.tasks import build_task
+from avrep.features.cache import build_feature_cache, record_meta
+from avrep.features.inputs import iter_utterance_features, utterance_frames
+from data_pipelines.spec import FEATURE_MODALITIES, feature_field
 
 LATENTS = {"mdvae": ("w", "z_av", "z_a", "z_v"), "dsae": ("w", "z"), "jointmvae": ("z",)}
-
-
-def display_name(config) -> str:
-    """The paper's row names: VQ-MDVAE, MDVAE (raw), VQ-DSAE-audio, DSAE-visual, VQ-JointMVAE."""
-    prefix = "VQ-" if str(config.get("features", "vq")) == "vq" else ""
-    family = str(config["task"])
-    if family == "dsae":
-        return f"{prefix}DSAE-{config.model.modality}"
-    return prefix + {"mdvae": "MDVAE", "jointmvae": "JointMVAE"}[family]
 
 
 def window_starts(n: int, t: int) -> list[int]:
@@ -42,7 +34,7 @@ def batched_apply(fn, variables, inputs: dict[str, np.ndarray], batch: int) -> d
     n = len(next(iter(inputs.values())))
     parts = []
     for s in range(0, n, batch):
-        chunk = {k: v[s:s + batch] for k, v in inputs.items()}
+        chunk = {k: v[s : s + batch] for k, v in inputs.items()}
         m = len(next(iter(chunk.values())))
         chunk = {k: np.pad(v, ((0, batch - m),) + ((0, 0),) * (v.ndim - 1)) for k, v in chunk.items()}
         out = jax.device_get(fn(variables, chunk))
@@ -56,11 +48,13 @@ class SequenceModel:
     def __init__(self, model, *, batch_windows: int = 16):
         self.model, self.config = model, model.config
         if model.config.get("task") not in LATENTS:
-            raise ValueError(f"SequenceModel: expected a checkpoint of task {sorted(LATENTS)}, got a "
-                             f"{model.config.get('task')!r} run ({model.config.get('name')})")
-        self.task = build_task(model.config)
+            raise ValueError(
+                f"SequenceModel: expected a checkpoint of task {sorted(LATENTS)}, got a "
+                f"{model.config.get('task')!r} run ({model.config.get('name')})"
+            )
+        self.task = model.task
         self.family = self.task.family
-        self.name = display_name(model.config)
+        self.name = self.task.display_name
         self.t = self.task.pipeline.frames_per_example
         self.outputs = self.task.inputs  # the modalities it reconstructs
         self.batch = batch_windows
@@ -80,8 +74,14 @@ class SequenceModel:
 
         def continue_sequence(variables, x_audio, x_visual, steps):
             x = task.scale(variables, {"audio": x_audio, "visual": x_visual})
-            out = module.apply(task.module_variables(variables), x["audio"], x["visual"], steps, sample=False,
-                               method="continue_sequence")
+            out = module.apply(
+                task.module_variables(variables),
+                x["audio"],
+                x["visual"],
+                steps,
+                sample=False,
+                method="continue_sequence",
+            )
             return task.scale(variables, out, inverse=True)
 
         self._encode, self._decode = jax.jit(encode), jax.jit(decode)
@@ -108,8 +108,9 @@ class SequenceModel:
                 utts.append(utt)
         return metas, utts, skipped
 
-    def split_features(self, source, *, limit: int | None = None, indices: Iterable[int] | None = None
-                       ) -> tuple[list[dict], list[dict], list[int]]:
+    def split_features(
+        self, source, *, limit: int | None = None, indices: Iterable[int] | None = None
+    ) -> tuple[list[dict], list[dict], list[int]]:
         """Utterances of a split (``utterance_frames``; the first ``limit``, or those at ``indices``), their
         features, and the records skipped for being shorter than T."""
         if indices is None:
@@ -124,7 +125,7 @@ class SequenceModel:
         if self.task.tokenizers is not None:
             cache = build_feature_cache(cache_dir, self.task.tokenizers, source, min_frames=self.t)
             records = (cache[i] for i in range(len(cache)))
-            return cache.index["utterances"], [{"audio": r["x_audio"], "visual": r["x_visual"]} for r in records]
+            return cache.index["utterances"], [{m: r[feature_field(m)] for m in FEATURE_MODALITIES} for r in records]
         metas, utts, _ = self._read(source, range(len(source)))
         return metas, self.features(utts)
 
@@ -134,8 +135,9 @@ class SequenceModel:
 
     def encode(self, x_audio: np.ndarray, x_visual: np.ndarray) -> dict[str, np.ndarray]:
         """Windows [N, T, ·] -> posterior means {latent: [N, ·] (static) or [N, T, ·]}."""
-        return self._batched(lambda v, b: self._encode(v, b["audio"], b["visual"]),
-                             {"audio": x_audio, "visual": x_visual})
+        return self._batched(
+            lambda v, b: self._encode(v, b["audio"], b["visual"]), {"audio": x_audio, "visual": x_visual}
+        )
 
     def decode(self, latents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Latents -> reconstructed features {modality: [N, T, ·]}."""
@@ -154,7 +156,7 @@ class SequenceModel:
             starts = window_starts(len(x["audio"]), self.t)
             counts.append(len(starts))
             for m in out:
-                out[m].extend(x[m][s:s + self.t] for s in starts)
+                out[m].extend(x[m][s : s + self.t] for s in starts)
         return {m: np.stack(v) for m, v in out.items()}, counts
 
     def reconstruct(self, xs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -168,7 +170,7 @@ class SequenceModel:
             starts = window_starts(n, self.t)
             for j in reversed(range(len(starts))):  # earlier windows overwrite the overlap
                 for m in self.outputs:
-                    out[m][starts[j]:starts[j] + self.t] = recon[m][k + j]
+                    out[m][starts[j] : starts[j] + self.t] = recon[m][k + j]
             results.append(out)
             k += count
         return results
@@ -178,7 +180,7 @@ class SequenceModel:
         n = len(next(iter(x.values())))
         out: dict[str, list] = {}
         for s in range(0, n, chunk):
-            part = {m: np.pad(v[s:s + chunk], ((0, chunk - len(v[s:s + chunk])), (0, 0))) for m, v in x.items()}
+            part = {m: np.pad(v[s : s + chunk], ((0, chunk - len(v[s : s + chunk])), (0, 0))) for m, v in x.items()}
             power, video = jax.device_get(self._to_signals(part.get("audio"), part.get("visual")))
             m = min(chunk, n - s)
             if power is not None:

@@ -1,4 +1,5 @@
 """Metric tables: Markdown for reading, CSV (one row per model/condition) for scripts."""
+
 from __future__ import annotations
 
 import csv
@@ -34,12 +35,20 @@ def write_csv(path: str, rows: Iterable[Mapping], columns: Sequence[str]) -> Non
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if isinstance(row.get(k), float) and math.isnan(row[k]) else row.get(k, ""))
-                             for k in columns})
+            writer.writerow(
+                {k: ("" if isinstance(row.get(k), float) and math.isnan(row[k]) else row.get(k, "")) for k in columns}
+            )
 
 
-def write_table(out_dir: str, name: str, title: str, rows: Sequence[Mapping], key_columns: Sequence[str],
-                metrics: Sequence[tuple[str, str, int]], notes: Sequence[str] = ()) -> tuple[str, str]:
+def write_table(
+    out_dir: str,
+    name: str,
+    title: str,
+    rows: Sequence[Mapping],
+    key_columns: Sequence[str],
+    metrics: Sequence[tuple[str, str, int]],
+    notes: Sequence[str] = (),
+) -> tuple[str, str]:
     """Writes ``name.md`` and ``name.csv``.
 
     ``metrics`` is [(column, header, digits)]: the CSV gets ``column`` (mean) and ``column_std``;

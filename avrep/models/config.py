@@ -1,4 +1,5 @@
 """Building Linen modules from config blocks, and checking their field values."""
+
 from __future__ import annotations
 
 import dataclasses

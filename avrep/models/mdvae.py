@@ -1,17 +1,18 @@
 """Multimodal dynamical VAE (MDVAE / VQ-MDVAE) and its DSAE and JointMVAE baselines.
 
-Spec: spec/mdvae.md §1 (probabilistic model), §3 (stage-2 architecture, block
-table B1-B11), §9 (model size), §10 (discrepancies), §11 (facts).
+Sources (keys: docs/REFERENCES.md): [MDVAE] Sec. 2 (probabilistic model); [MDVAE] App. A.2
+and [Sadok-thesis] Table B.3 (stage-2 architecture, block table B1-B11, from which the model
+size is counted); where [MDVAE], [Sadok-thesis] and [code-mdvae] differ (below).
 
 Inputs are per-frame feature sequences ``[batch, time, dim]``; the feature sizes are
 fields, so the same module serves raw features (MDVAE) and the flattened
 pre-quantisation VQ-VAE encoder outputs (VQ-MDVAE: audio 8×64 -> 512, visual
 32×8×8 -> 2048, T = 30).
 
-**MDVAE** (spec §1.2-1.3, §3.2). Per frame, r_a = x_a (B2, identity) and r_v =
-MLP(x_v) (B1). The static latent w ~ q(w | x) comes from a bidirectional GRU over
-[r_v, r_a] (B3; its final forward and backward states). Each dynamical latent
-z_av, z_a, z_v has one GRU over its own past *posterior samples*, h_t =
+**MDVAE** ([MDVAE] Sec. 2.2–2.3; [Sadok-thesis] Table B.3). Per frame, r_a = x_a (B2,
+identity) and r_v = MLP(x_v) (B1). The static latent w ~ q(w | x) comes from a
+bidirectional GRU over [r_v, r_a] (B3; its final forward and backward states). Each
+dynamical latent z_av, z_a, z_v has one GRU over its own past *posterior samples*, h_t =
 GRU(z_{t-1}, h_{t-1}), h_1 = 0, whose state feeds both the learned prior
 p(z_t | z_<t) = N(MLP(h_t)) and the posterior (B4-B9):
 
@@ -19,10 +20,10 @@ p(z_t | z_<t) = N(MLP(h_t)) and the posterior (B4-B9):
 * q(z_a_t | h_t, w, x_a_t, z_av_t) and q(z_v_t | h_t, w, x_v_t, z_av_t), given the
   *sampled* z_av_t.
 
-The posteriors see the current frame only (spec §10.1: the thesis and code use
-x_t; the paper's x_{1:t-1} is a typo), so everything but w is causal. The decoders
-are per-frame MLPs on [z_a_t, w, z_av_t] (B11) and [z_v_t, w, z_av_t] (B10); the
-observation models are unit-variance Gaussians. p(w) = N(0, I).
+The posteriors see the current frame only (x_t in [Sadok-thesis] Sec. 4.2.3 and
+[code-mdvae]; the x_{1:t-1} of [MDVAE] Sec. 2.3 is a typo), so everything but w is
+causal. The decoders are per-frame MLPs on [z_a_t, w, z_av_t] (B11) and [z_v_t, w,
+z_av_t] (B10); the observation models are unit-variance Gaussians. p(w) = N(0, I).
 
 **How it is computed.** Only the truly recurrent parts run in ``nn.scan`` (a
 ``lax.scan``): the GRU hidden-state updates and the posterior MLPs (the sample z_t
@@ -39,33 +40,35 @@ Parameter layout (for importing the authors' PyTorch checkpoint): the GRUs keep
 PyTorch's parameters (``w_ih`` = ``weight_ih_l0.T``, ``w_hh``, ``b_ih``, ``b_hh``,
 gate order r, z, n); each mean / log-variance pair of Linears is one Dense of
 twice the width (``kernel = concat([W_mean.T, W_logvar.T], 1)``); posterior first
-layers have rows ordered [h, w, inputs..., z_av] as in spec §3.2. The parameter
-count is therefore exactly the block table's: 8,489,704 with the paper's sizes
-(spec §9, "≈ 8.49 M").
+layers have rows ordered [h, w, inputs..., z_av] as in [Sadok-thesis] Table B.3. The
+parameter count is therefore exactly the block table's: 8,489,704 with the paper's sizes
+(≈ 8.49 M).
 
-**Discrepancies (spec §10) and the choices made here.** Defaults follow the
-spec's recommendation; each alternative is a field or an argument.
+**Where [MDVAE], [Sadok-thesis] and [code-mdvae] differ, and the choices made here.**
+Defaults follow our reading of [MDVAE]; each alternative is a field or an argument.
 
-* §10.1 posterior conditioning: current frame x_t (no alternative; the paper's
-  x_{1:t-1} is a typo).
-* §10.3 / §10.4 z_av in the z_a / z_v posteriors: included, as in the equations
-  and the code (``zav_in_modal_posteriors=True``); ``False`` gives the table's
-  input sizes (B7, B9 without l_av).
-* §10.5 activations: ``activations="paper"`` (thesis Table B.3: ReLU in B4, B5,
-  B6, B8, B9) or ``"code"`` (Tanh in those blocks). The decoders' last layers are
-  linear (the spec's recommendation: the targets are unbounded);
+* Posterior conditioning ([Sadok-thesis] Sec. 4.2.3 vs [MDVAE] Sec. 2.3): current
+  frame x_t (no alternative; the paper's x_{1:t-1} is a typo).
+* z_av in the z_a / z_v posteriors ([MDVAE] Eqs. 9–10 vs the B7 / B9 sizes of
+  [Sadok-thesis] Table B.3): included, as in the equations and the code
+  (``zav_in_modal_posteriors=True``); ``False`` gives the table's input sizes (B7,
+  B9 without l_av).
+* Activations ([Sadok-thesis] Table B.3 vs [code-mdvae]): ``activations="paper"``
+  (that table: ReLU in B4, B5, B6, B8, B9) or ``"code"`` (Tanh in those blocks). The
+  decoders' last layers are linear (our choice: the targets are unbounded);
   ``decoder_output_activation=True`` applies the table's ReLU / Tanh there too.
-* §10.9 l_v: 8 as in the paper (``dim_zv``); the code config uses 4.
-* §10.10 stage-2 loss: ``mdvae_loss(normalization="elbo")`` (default) is the
-  per-sequence negative ELBO of spec §1.4 with unit-variance Gaussian NLLs (SSE/2 +
-  const) averaged over the batch; ``"code"`` reproduces the code's scaling: SSE
-  without 1/2 and dynamical KLs divided by B·T, KL_w divided by B only (KL_w
-  weighted by T relative to the ELBO). ``beta`` scales every KL, as the code's
+* l_v: 8 as in [MDVAE] Sec. 3.2 (``dim_zv``); the [code-mdvae] config uses 4.
+* Stage-2 loss ([MDVAE] Eqs. 11–12 vs [code-mdvae]): ``mdvae_loss(normalization="elbo")``
+  (default) is the per-sequence negative ELBO of [MDVAE] Sec. 2.4 with unit-variance
+  Gaussian NLLs (SSE/2 + const) averaged over the batch; ``"code"`` reproduces the
+  code's scaling: SSE without 1/2 and dynamical KLs divided by B·T, KL_w divided by B
+  only (KL_w weighted by T relative to the ELBO). ``beta`` scales every KL, as the code's
   ``beta``, for KL warm-up; the paper has none (beta = 1). The code's
-  Itakura-Saito audio term on sign-indefinite VQ features is not offered (spec
-  §1.4 calls it ill-defined and recommends MSE).
+  Itakura-Saito audio term on sign-indefinite VQ features is not offered (the IS
+  divergence is undefined for non-positive values; the Gaussian term is used).
 * Variances are log-variances everywhere (the code's parameterisation).
-* §10.7 (codebook size) and the VQ-VAE items concern ``avrep.models.vqvae``.
+* The audio codebook size ([MDVAE] Sec. 3.2: 128, [code-mdvae]: 64) and the VQ-VAE
+  differences concern ``avrep.models.vqvae``.
 
 **Sampling, encoding, decoding.** Stochastic methods take their noise from the
 ``"sample"`` RNG stream (``apply(..., rngs={"sample": key})``); with
@@ -73,11 +76,11 @@ spec's recommendation; each alternative is a field or an argument.
 means, log-variances and samples of every latent (and, for the dynamical ones,
 their prior parameters and the final GRU state); ``decode`` takes any w, z_av,
 z_a, z_v (e.g. swapped between two sequences; w may also be per-frame, for
-interpolation, spec §8); ``generate`` samples the dynamical latents from their
-learned priors, from the zero state or continuing an encoded sequence (spec §8,
-conditional generation); ``continue_sequence`` does both.
+interpolation, [Sadok-thesis] App. B.3); ``generate`` samples the dynamical latents
+from their learned priors, from the zero state or continuing an encoded sequence
+([Sadok-thesis] App. B.4, conditional generation); ``continue_sequence`` does both.
 
-**Baselines** (spec §5.1, §5.3; the paper gives no architectures, §10.16):
+**Baselines** ([MDVAE] Sec. 3.3 and 3.5; the paper gives no architectures for them):
 
 * ``DSAE`` (Li & Mandt 2018): one modality, a static w and one dynamical z built
   from the same blocks: feature MLP (B1 for visual, identity for audio), B3, a
@@ -108,23 +111,40 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from avrep.models.config import check_choice
-from avrep.nn import gaussian
+from avrep.nn import gaussian, recurrent
+from avrep.nn.gaussian import GaussianHead
+from avrep.nn.layers import ACTIVATIONS, ConcatDense, DenseStack
+from avrep.nn.recurrent import GRUCell
 
-ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
-
-# Hidden activations per block: thesis Table B.3 ("paper") and the released code
-# ("code"), spec §3.1 and §10.5.
+# Hidden activations per block: [Sadok-thesis] Table B.3 ("paper") and the released
+# code [code-mdvae] ("code").
 BLOCK_ACTIVATIONS = {
-    "paper": dict(audio_features="tanh", visual_features="relu", w_head="tanh",
-                  z_av_prior="relu", z_av_posterior="relu",
-                  z_a_prior="relu", z_a_posterior="tanh",
-                  z_v_prior="relu", z_v_posterior="relu",
-                  audio_decoder="tanh", visual_decoder="relu"),
-    "code": dict(audio_features="tanh", visual_features="relu", w_head="tanh",
-                 z_av_prior="tanh", z_av_posterior="tanh",
-                 z_a_prior="tanh", z_a_posterior="tanh",
-                 z_v_prior="tanh", z_v_posterior="tanh",
-                 audio_decoder="tanh", visual_decoder="relu"),
+    "paper": dict(
+        audio_features="tanh",
+        visual_features="relu",
+        w_head="tanh",
+        z_av_prior="relu",
+        z_av_posterior="relu",
+        z_a_prior="relu",
+        z_a_posterior="tanh",
+        z_v_prior="relu",
+        z_v_posterior="relu",
+        audio_decoder="tanh",
+        visual_decoder="relu",
+    ),
+    "code": dict(
+        audio_features="tanh",
+        visual_features="relu",
+        w_head="tanh",
+        z_av_prior="tanh",
+        z_av_posterior="tanh",
+        z_a_prior="tanh",
+        z_a_posterior="tanh",
+        z_v_prior="tanh",
+        z_v_posterior="tanh",
+        audio_decoder="tanh",
+        visual_decoder="relu",
+    ),
 }
 NORMALIZATIONS = ("elbo", "code")
 LIKELIHOODS = ("unit", "calibrated")
@@ -132,111 +152,6 @@ SAMPLE_RNG = "sample"
 
 
 # ------------------------------------------------------------ building blocks ---
-
-
-def _uniform(scale: float):
-    """U(-scale, scale), PyTorch's initialisation of GRU parameters (scale = 1/sqrt(hidden))."""
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -scale, scale)
-    return init
-
-
-class GRUCell(nn.Module):
-    """GRU with PyTorch's parameters and gate order (r, z, n).
-
-    r = σ(x W_ir + b_ir + h W_hr + b_hr), z = σ(x W_iz + b_iz + h W_hz + b_hz),
-    n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn)), h' = (1 - z) ⊙ n + z ⊙ h.
-    ``project`` (the input half) is separate from ``step`` so that a caller whose
-    inputs are known beforehand projects all frames at once outside the scan.
-    Initialisation: PyTorch's U(±1/sqrt(hidden)) for every parameter, as in the
-    authors' code.
-    """
-
-    in_features: int
-    hidden: int
-
-    def setup(self):
-        h3 = 3 * self.hidden
-        init = _uniform(self.hidden ** -0.5)
-        self.w_ih = self.param("w_ih", init, (self.in_features, h3))
-        self.w_hh = self.param("w_hh", init, (self.hidden, h3))
-        self.b_ih = self.param("b_ih", init, (h3,))
-        self.b_hh = self.param("b_hh", init, (h3,))
-
-    def project(self, x):
-        return x @ self.w_ih + self.b_ih
-
-    def step(self, x_proj, h):
-        xr, xz, xn = jnp.split(x_proj, 3, axis=-1)
-        hr, hz, hn = jnp.split(h @ self.w_hh + self.b_hh, 3, axis=-1)
-        r = nn.sigmoid(xr + hr)
-        z = nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * hn)
-        return (1.0 - z) * n + z * h
-
-
-class ConcatDense(nn.Module):
-    """``nn.Dense(features)`` on the concatenation of inputs of sizes ``sizes``.
-
-    One kernel [sum(sizes), features] and one bias, but applied input by input
-    (concat(x_i) @ W = sum_i x_i @ W_i), so that inputs known before a recurrence
-    (x_t, w, z_av_t) are projected for all frames outside the scan and only the
-    recurrent one (h_t) inside it.
-    """
-
-    sizes: tuple[int, ...]
-    features: int
-
-    def setup(self):
-        self.kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                                 (sum(self.sizes), self.features))
-        self.bias = self.param("bias", nn.initializers.zeros, (self.features,))
-
-    def part(self, i: int, x):
-        """``x @ W_i``: the contribution of input ``i`` (no bias)."""
-        start = sum(self.sizes[:i])
-        return x @ self.kernel[start:start + self.sizes[i]]
-
-
-class MLP(nn.Module):
-    """Dense layers of widths ``features``, each followed by ``act`` (the last one
-    only if ``final_act``). Empty ``features``: the identity."""
-
-    features: tuple[int, ...]
-    act: str
-    final_act: bool = True
-
-    @nn.compact
-    def __call__(self, x):
-        for i, f in enumerate(self.features):
-            x = nn.Dense(f)(x)
-            if self.final_act or i < len(self.features) - 1:
-                x = ACTIVATIONS[self.act](x)
-        return x
-
-
-class GaussianHead(nn.Module):
-    """Mean and log-variance of a diagonal Gaussian: one Dense(2 * dim), split."""
-
-    dim: int
-
-    @nn.compact
-    def __call__(self, x):
-        mean, logvar = jnp.split(nn.Dense(2 * self.dim)(x), 2, axis=-1)
-        return mean, logvar
-
-
-def _scan(module, body, carry, xs, length: int):
-    """``lax.scan`` of ``body(module, carry, x) -> (carry, y)`` over the leading
-    (time) axis of ``xs``; the body may call ``module``'s submodules, whose
-    parameters are shared by all steps."""
-    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
-                   length=length)
-    return scan(module, carry, xs)
-
-
-def _time_major(tree):
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
 
 def _noise(module, shape):
@@ -262,14 +177,14 @@ class StaticEncoder(nn.Module):
     def __call__(self, r):
         """r [B, T, in_features] -> (mean, logvar), each [B, dim]."""
         batch, time = r.shape[:2]
-        xs = _time_major((self.forward_gru.project(r), self.backward_gru.project(r)))
+        xs = recurrent.time_major((self.forward_gru.project(r), self.backward_gru.project(r)))
         xs = (xs[0], xs[1][::-1])  # the backward GRU reads frames T..1
 
         def body(mdl, h, x):
             return (mdl.forward_gru.step(x[0], h[0]), mdl.backward_gru.step(x[1], h[1])), None
 
         h0 = jnp.zeros((batch, self.gru_hidden), r.dtype)
-        (h_fwd, h_bwd), _ = _scan(self, body, (h0, h0), xs, time)
+        (h_fwd, h_bwd), _ = recurrent.scan(self, body, (h0, h0), xs, time)
         return self.head(ACTIVATIONS[self.act](self.hidden(jnp.concatenate([h_fwd, h_bwd], -1))))
 
 
@@ -293,11 +208,10 @@ class DynamicLatent(nn.Module):
 
     def setup(self):
         self.gru = GRUCell(self.dim, self.gru_hidden)
-        self.prior_mlp = MLP(self.prior_hidden, self.prior_act)
+        self.prior_mlp = DenseStack(self.prior_hidden, self.prior_act)
         self.prior_head = GaussianHead(self.dim)
-        self.posterior_in = ConcatDense((self.gru_hidden,) + tuple(self.cond_sizes),
-                                        self.posterior_hidden[0])
-        self.posterior_mlp = MLP(self.posterior_hidden[1:], self.posterior_act)
+        self.posterior_in = ConcatDense((self.gru_hidden,) + tuple(self.cond_sizes), self.posterior_hidden[0])
+        self.posterior_mlp = DenseStack(self.posterior_hidden[1:], self.posterior_act)
         self.posterior_head = GaussianHead(self.dim)
 
     def condition(self, conds: Sequence[jax.Array]):
@@ -349,9 +263,9 @@ def _infer_dynamics(module, conds: Mapping[str, Sequence[jax.Array]], sample: bo
         return {n: o[0] for n, o in out.items()}, {n: o[1] for n, o in out.items()}
 
     h0 = {n: jnp.zeros((batch, c.gru_hidden)) for n, c in chains.items()}
-    xs = _time_major({n: (pres[n], eps[n]) for n in chains})
-    state, ys = _scan(module, body, h0, xs, time)
-    ys = _time_major(ys)
+    xs = recurrent.time_major({n: (pres[n], eps[n]) for n in chains})
+    state, ys = recurrent.scan(module, body, h0, xs, time)
+    ys = recurrent.time_major(ys)
     result = {}
     for n, y in ys.items():
         prior_mean, prior_logvar = chains[n].prior(y.pop("h"))  # all frames at once
@@ -359,8 +273,9 @@ def _infer_dynamics(module, conds: Mapping[str, Sequence[jax.Array]], sample: bo
     return result
 
 
-def _sample_dynamics(module, names: Sequence[str], batch: int, steps: int,
-                     state: Mapping[str, jax.Array] | None, sample: bool):
+def _sample_dynamics(
+    module, names: Sequence[str], batch: int, steps: int, state: Mapping[str, jax.Array] | None, sample: bool
+):
     """Ancestral sampling of independent dynamical latents from their priors.
 
     Starts from ``state`` ({name: [B, gru_hidden]}, zeros if None). Returns {name:
@@ -369,15 +284,16 @@ def _sample_dynamics(module, names: Sequence[str], batch: int, steps: int,
     chains = {n: getattr(module, n) for n in names}
     if state is None:
         state = {n: jnp.zeros((batch, c.gru_hidden)) for n, c in chains.items()}
-    eps = {n: _time_major(_noise(module, (batch, steps, c.dim))) if sample else None
-           for n, c in chains.items()}
+    eps = {
+        n: recurrent.time_major(_noise(module, (batch, steps, c.dim))) if sample else None for n, c in chains.items()
+    }
 
     def body(mdl, h, x):
         out = {n: getattr(mdl, n).prior_step(h[n], x[n]) for n in x}
         return {n: o[0] for n, o in out.items()}, {n: o[1] for n, o in out.items()}
 
-    state, ys = _scan(module, body, dict(state), eps, steps)
-    return {n: dict(y, state=state[n]) for n, y in _time_major(ys).items()}
+    state, ys = recurrent.scan(module, body, dict(state), eps, steps)
+    return {n: dict(y, state=state[n]) for n, y in recurrent.time_major(ys).items()}
 
 
 def _static_sample(module, mean, logvar, sample: bool):
@@ -397,12 +313,13 @@ def _check_sequence(owner: str, name: str, x, field: str, dim: int, like=None, l
         return
     batch, time = jnp.shape(like)[:2]
     if shape != (batch, time, dim):
-        raise ValueError(f"{owner}: {name} has shape {shape}; expected [{batch}, {time}, {field}={dim}] "
-                         f"(batch and time of {like_name})")
+        raise ValueError(
+            f"{owner}: {name} has shape {shape}; expected [{batch}, {time}, {field}={dim}] "
+            f"(batch and time of {like_name})"
+        )
 
 
-def _check_static(owner: str, name: str, w, field: str, dim: int, batch: int | None = None,
-                  time: int | None = None):
+def _check_static(owner: str, name: str, w, field: str, dim: int, batch: int | None = None, time: int | None = None):
     """w [batch, dim] (any batch if None), or also per-frame [batch, time, dim] if
     ``time`` is given; else ValueError."""
     shape = tuple(jnp.shape(w))
@@ -430,7 +347,7 @@ class MDVAE(nn.Module):
     dim_w: int = 84
     dim_zav: int = 16
     dim_za: int = 8
-    dim_zv: int = 8  # paper; the code config uses 4 (spec §10.9)
+    dim_zv: int = 8  # [MDVAE] Sec. 3.2; the [code-mdvae] config uses 4
     audio_feature_hidden: tuple[int, ...] = ()  # B2: identity
     visual_feature_hidden: tuple[int, ...] = (1024, 512)  # B1
     w_gru_hidden: int = 256  # B3
@@ -444,9 +361,9 @@ class MDVAE(nn.Module):
     zv_posterior_hidden: tuple[int, ...] = (256, 128)  # B9
     audio_decoder_hidden: tuple[int, ...] = (128, 256)  # B11
     visual_decoder_hidden: tuple[int, ...] = (512, 1024)  # B10
-    activations: str = "paper"  # or "code" (spec §10.5)
+    activations: str = "paper"  # [Sadok-thesis] Table B.3, or "code" ([code-mdvae])
     decoder_output_activation: bool = False  # True: the table's ReLU / Tanh on the last layer
-    zav_in_modal_posteriors: bool = True  # False: the table's B7 / B9 input sizes (spec §10.4)
+    zav_in_modal_posteriors: bool = True  # False: the B7 / B9 input sizes of [Sadok-thesis] Table B.3
 
     def __post_init__(self):
         check_choice(self, "activations", BLOCK_ACTIVATIONS)
@@ -457,24 +374,47 @@ class MDVAE(nn.Module):
         r_a = _feature_dim(self.dim_audio, self.audio_feature_hidden)
         r_v = _feature_dim(self.dim_visual, self.visual_feature_hidden)
         zav = (self.dim_zav,) if self.zav_in_modal_posteriors else ()
-        self.audio_features = MLP(self.audio_feature_hidden, act["audio_features"])
-        self.visual_features = MLP(self.visual_feature_hidden, act["visual_features"])
-        self.w_encoder = StaticEncoder(r_v + r_a, self.w_gru_hidden, self.w_head_hidden, self.dim_w,
-                                       act["w_head"])
+        self.audio_features = DenseStack(self.audio_feature_hidden, act["audio_features"])
+        self.visual_features = DenseStack(self.visual_feature_hidden, act["visual_features"])
+        self.w_encoder = StaticEncoder(r_v + r_a, self.w_gru_hidden, self.w_head_hidden, self.dim_w, act["w_head"])
         # cond_sizes follow the order of the conds passed in encode().
-        self.z_av = DynamicLatent(self.dim_zav, self.gru_hidden, self.zav_prior_hidden,
-                                  self.zav_posterior_hidden, (self.dim_w, r_a, r_v),
-                                  act["z_av_prior"], act["z_av_posterior"])
-        self.z_a = DynamicLatent(self.dim_za, self.gru_hidden, self.za_prior_hidden,
-                                 self.za_posterior_hidden, (self.dim_w, r_a) + zav,
-                                 act["z_a_prior"], act["z_a_posterior"])
-        self.z_v = DynamicLatent(self.dim_zv, self.gru_hidden, self.zv_prior_hidden,
-                                 self.zv_posterior_hidden, (self.dim_w, r_v) + zav,
-                                 act["z_v_prior"], act["z_v_posterior"])
-        self.audio_decoder = MLP(self.audio_decoder_hidden + (self.dim_audio,), act["audio_decoder"],
-                                 final_act=self.decoder_output_activation)
-        self.visual_decoder = MLP(self.visual_decoder_hidden + (self.dim_visual,), act["visual_decoder"],
-                                  final_act=self.decoder_output_activation)
+        self.z_av = DynamicLatent(
+            self.dim_zav,
+            self.gru_hidden,
+            self.zav_prior_hidden,
+            self.zav_posterior_hidden,
+            (self.dim_w, r_a, r_v),
+            act["z_av_prior"],
+            act["z_av_posterior"],
+        )
+        self.z_a = DynamicLatent(
+            self.dim_za,
+            self.gru_hidden,
+            self.za_prior_hidden,
+            self.za_posterior_hidden,
+            (self.dim_w, r_a) + zav,
+            act["z_a_prior"],
+            act["z_a_posterior"],
+        )
+        self.z_v = DynamicLatent(
+            self.dim_zv,
+            self.gru_hidden,
+            self.zv_prior_hidden,
+            self.zv_posterior_hidden,
+            (self.dim_w, r_v) + zav,
+            act["z_v_prior"],
+            act["z_v_posterior"],
+        )
+        self.audio_decoder = DenseStack(
+            self.audio_decoder_hidden + (self.dim_audio,),
+            act["audio_decoder"],
+            final_act=self.decoder_output_activation,
+        )
+        self.visual_decoder = DenseStack(
+            self.visual_decoder_hidden + (self.dim_visual,),
+            act["visual_decoder"],
+            final_act=self.decoder_output_activation,
+        )
 
     def _check_inputs(self, x_audio, x_visual):
         owner = type(self).__name__
@@ -517,8 +457,10 @@ class MDVAE(nn.Module):
         _check_sequence(owner, "z_v", z_v, "dim_zv", self.dim_zv, z_av, "z_av")
         _check_static(owner, "w", w, "dim_w", self.dim_w, *z_av.shape[:2])
         w = _broadcast_time(w, z_av.shape[1])
-        return dict(audio=self.audio_decoder(jnp.concatenate([z_a, w, z_av], axis=-1)),
-                    visual=self.visual_decoder(jnp.concatenate([z_v, w, z_av], axis=-1)))
+        return dict(
+            audio=self.audio_decoder(jnp.concatenate([z_a, w, z_av], axis=-1)),
+            visual=self.visual_decoder(jnp.concatenate([z_v, w, z_av], axis=-1)),
+        )
 
     def __call__(self, x_audio, x_visual, *, sample: bool = True):
         """Encode then decode: {"recon": {"audio", "visual"}, "latents": encode(...)}."""
@@ -526,8 +468,7 @@ class MDVAE(nn.Module):
         s = {n: v["sample"] for n, v in latents.items()}
         return dict(recon=self.decode(s["w"], s["z_av"], s["z_a"], s["z_v"]), latents=latents)
 
-    def generate(self, w, steps: int, *, state: Mapping[str, jax.Array] | None = None,
-                 sample: bool = True):
+    def generate(self, w, steps: int, *, state: Mapping[str, jax.Array] | None = None, sample: bool = True):
         """Samples z_av, z_a, z_v from their learned priors for ``steps`` frames and
         decodes them with w [B, dim_w].
 
@@ -543,7 +484,7 @@ class MDVAE(nn.Module):
 
     def continue_sequence(self, x_audio, x_visual, steps: int, *, sample: bool = True):
         """Analysis-resynthesis of the given frames, then ``steps`` frames generated
-        from the priors, continuing their GRUs with the same w (spec §8).
+        from the priors, continuing their GRUs with the same w ([Sadok-thesis] App. B.4).
         Returns {"audio": [B, T + steps, dim_audio], "visual": [...]}."""
         out = self(x_audio, x_visual, sample=sample)
         latents = out["latents"]
@@ -564,8 +505,9 @@ def _reduce(per_item, normalization: str):
 
 
 def _kl(latent, normalization: str):
-    kl = gaussian.kl_divergence(latent["mean"], latent["logvar"],
-                                latent.get("prior_mean", 0.0), latent.get("prior_logvar", 0.0))
+    kl = gaussian.kl_divergence(
+        latent["mean"], latent["logvar"], latent.get("prior_mean", 0.0), latent.get("prior_logvar", 0.0)
+    )
     return _reduce(kl, normalization)
 
 
@@ -579,18 +521,24 @@ def likelihood_kinds(likelihood: str, modalities, normalization: str = "elbo") -
         kinds = {m: per_modality.get(m, "unit") for m in modalities}
         unknown = sorted(set(per_modality) - set(modalities))
     if unknown or any(k not in LIKELIHOODS for k in kinds.values()):
-        raise ValueError(f"likelihood={likelihood!r}: expected one of {LIKELIHOODS}, or per modality "
-                         f"'modality=kind,...' with modalities from {sorted(modalities)}")
+        raise ValueError(
+            f"likelihood={likelihood!r}: expected one of {LIKELIHOODS}, or per modality "
+            f"'modality=kind,...' with modalities from {sorted(modalities)}"
+        )
     if normalization != "elbo" and set(kinds.values()) != {"unit"}:
-        raise ValueError(f"likelihood={likelihood!r}: 'calibrated' needs normalization='elbo', got "
-                         f"{normalization!r}")
+        raise ValueError(f"likelihood={likelihood!r}: 'calibrated' needs normalization='elbo', got {normalization!r}")
     return kinds
 
 
-def mdvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
-               beta: float | jax.Array = 1.0, normalization: str = "elbo",
-               likelihood: str = "unit") -> dict[str, jax.Array]:
-    """Negative ELBO (spec §1.4) of MDVAE / DSAE / JointMVAE outputs, and its terms.
+def mdvae_loss(
+    outputs: Mapping[str, Any],
+    targets: Mapping[str, jax.Array],
+    *,
+    beta: float | jax.Array = 1.0,
+    normalization: str = "elbo",
+    likelihood: str = "unit",
+) -> dict[str, jax.Array]:
+    """Negative ELBO ([MDVAE] Sec. 2.4, Eqs. 11–12) of MDVAE / DSAE / JointMVAE outputs, and its terms.
 
     outputs: a model's ``{"recon": {modality: mean}, "latents": {name: {mean,
     logvar[, prior_mean, prior_logvar]}}}``; latents without a prior get N(0, I).
@@ -598,7 +546,7 @@ def mdvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
     Returns {"loss", "recon_<modality>"..., "kl_<latent>"...}: loss = sum(recon) +
     beta * sum(kl). ``normalization``: "elbo" (default) per-sequence negative ELBO,
     unit-variance Gaussian NLL (SSE/2 + const), mean over the batch; "code" the
-    authors' code: SSE and dynamical KLs / (B·T), static KLs / B (spec §1.4, §10.10).
+    authors' code: SSE and dynamical KLs / (B·T), static KLs / B ([code-mdvae]).
     ``likelihood``: "unit" (the papers) or "calibrated" (our option, "elbo" only: the modality's
     Gaussian variance is its batch mean squared error, held constant in the gradient, the optimal
     sigma of Rybkin et al. 2021, so its reconstruction is weighted by its own error), for every
@@ -615,8 +563,9 @@ def mdvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
         if x.shape != x_hat.shape:
             raise ValueError(f"mdvae_loss: targets[{m!r}] has shape {x.shape}; expected {x_hat.shape}")
         if normalization == "elbo":
-            logvar = 0.0 if kinds[m] == "unit" else jnp.log(
-                jax.lax.stop_gradient(jnp.mean(jnp.square(x - x_hat))) + 1e-8)
+            logvar = (
+                0.0 if kinds[m] == "unit" else jnp.log(jax.lax.stop_gradient(jnp.mean(jnp.square(x - x_hat))) + 1e-8)
+            )
             per_frame = gaussian.gaussian_nll(x, x_hat, logvar)
         else:
             per_frame = jnp.sum(jnp.square(x - x_hat), axis=-1)
@@ -629,16 +578,24 @@ def mdvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
     return terms
 
 
-def jointmvae_loss(outputs: Mapping[str, Any], targets: Mapping[str, jax.Array], *,
-                   beta: float | jax.Array = 1.0, alpha: float | jax.Array = 1.0,
-                   normalization: str = "elbo", likelihood: str = "unit") -> dict[str, jax.Array]:
-    """JMVAE-kl loss (Th Eq. 2.33, spec §5.3): ``mdvae_loss`` plus alpha * sum_m
+def jointmvae_loss(
+    outputs: Mapping[str, Any],
+    targets: Mapping[str, jax.Array],
+    *,
+    beta: float | jax.Array = 1.0,
+    alpha: float | jax.Array = 1.0,
+    normalization: str = "elbo",
+    likelihood: str = "unit",
+) -> dict[str, jax.Array]:
+    """JMVAE-kl loss ([Sadok-thesis] Eq. 2.33; [MDVAE] Sec. 3.5): ``mdvae_loss`` plus alpha * sum_m
     KL(q(z | x_a, x_v) || q(z | x_m)), reported as "kl_unimodal_<modality>"."""
     terms = mdvae_loss(outputs, targets, beta=beta, normalization=normalization, likelihood=likelihood)
     joint = outputs["latents"]["z"]
     for m, q in outputs["unimodal"].items():
-        kl = _kl(dict(mean=joint["mean"], logvar=joint["logvar"],
-                      prior_mean=q["mean"], prior_logvar=q["logvar"]), normalization)
+        kl = _kl(
+            dict(mean=joint["mean"], logvar=joint["logvar"], prior_mean=q["mean"], prior_logvar=q["logvar"]),
+            normalization,
+        )
         terms[f"kl_unimodal_{m}"] = kl
         terms["loss"] = terms["loss"] + alpha * kl
     return terms
@@ -651,8 +608,7 @@ DSAE_PRESETS = {
     # VQ-DSAE-visual: B1 features, B10 decoder (the field defaults).
     "visual": dict(modality="visual", dim_x=2048),
     # VQ-DSAE-audio: identity features (B2), B11 decoder.
-    "audio": dict(modality="audio", dim_x=512, feature_hidden=(), decoder_hidden=(128, 256),
-                  decoder_act="tanh"),
+    "audio": dict(modality="audio", dim_x=512, feature_hidden=(), decoder_hidden=(128, 256), decoder_act="tanh"),
 }
 
 
@@ -687,12 +643,20 @@ class DSAE(nn.Module):
 
     def setup(self):
         r = _feature_dim(self.dim_x, self.feature_hidden)
-        self.features = MLP(self.feature_hidden, self.feature_act)
+        self.features = DenseStack(self.feature_hidden, self.feature_act)
         self.w_encoder = StaticEncoder(r, self.w_gru_hidden, self.w_head_hidden, self.dim_w)
-        self.z = DynamicLatent(self.dim_z, self.gru_hidden, self.prior_hidden, self.posterior_hidden,
-                               (self.dim_w, r), self.prior_act, self.posterior_act)
-        self.decoder = MLP(self.decoder_hidden + (self.dim_x,), self.decoder_act,
-                           final_act=self.decoder_output_activation)
+        self.z = DynamicLatent(
+            self.dim_z,
+            self.gru_hidden,
+            self.prior_hidden,
+            self.posterior_hidden,
+            (self.dim_w, r),
+            self.prior_act,
+            self.posterior_act,
+        )
+        self.decoder = DenseStack(
+            self.decoder_hidden + (self.dim_x,), self.decoder_act, final_act=self.decoder_output_activation
+        )
 
     def encode(self, x, *, sample: bool = True, w=None):
         """x [B, T, dim_x] -> {"w": {mean, logvar, sample}, "z": {mean, logvar,
@@ -725,8 +689,7 @@ class DSAE(nn.Module):
         """z from its prior for ``steps`` frames (from GRU state [B, gru_hidden], or
         zeros), decoded with w [B, dim_w]."""
         _check_static(f"{type(self).__name__}.generate", "w", w, "dim_w", self.dim_w)
-        latents = _sample_dynamics(self, ("z",), w.shape[0], steps,
-                                   None if state is None else {"z": state}, sample)
+        latents = _sample_dynamics(self, ("z",), w.shape[0], steps, None if state is None else {"z": state}, sample)
         return dict(recon=self.decode(w, latents["z"]["sample"]), latents=latents)
 
 
@@ -758,18 +721,24 @@ class JointMVAE(nn.Module):
 
     def setup(self):
         act = BLOCK_ACTIVATIONS["paper"]
-        self.audio_features = MLP(self.audio_feature_hidden, act["audio_features"])
-        self.visual_features = MLP(self.visual_feature_hidden, act["visual_features"])
-        self.joint_encoder = MLP(self.encoder_hidden, self.encoder_act)
-        self.audio_encoder = MLP(self.encoder_hidden, self.encoder_act)
-        self.visual_encoder = MLP(self.encoder_hidden, self.encoder_act)
+        self.audio_features = DenseStack(self.audio_feature_hidden, act["audio_features"])
+        self.visual_features = DenseStack(self.visual_feature_hidden, act["visual_features"])
+        self.joint_encoder = DenseStack(self.encoder_hidden, self.encoder_act)
+        self.audio_encoder = DenseStack(self.encoder_hidden, self.encoder_act)
+        self.visual_encoder = DenseStack(self.encoder_hidden, self.encoder_act)
         self.joint_head = GaussianHead(self.dim_z)
         self.audio_head = GaussianHead(self.dim_z)
         self.visual_head = GaussianHead(self.dim_z)
-        self.audio_decoder = MLP(self.audio_decoder_hidden + (self.dim_audio,), act["audio_decoder"],
-                                 final_act=self.decoder_output_activation)
-        self.visual_decoder = MLP(self.visual_decoder_hidden + (self.dim_visual,), act["visual_decoder"],
-                                  final_act=self.decoder_output_activation)
+        self.audio_decoder = DenseStack(
+            self.audio_decoder_hidden + (self.dim_audio,),
+            act["audio_decoder"],
+            final_act=self.decoder_output_activation,
+        )
+        self.visual_decoder = DenseStack(
+            self.visual_decoder_hidden + (self.dim_visual,),
+            act["visual_decoder"],
+            final_act=self.decoder_output_activation,
+        )
 
     def _features(self, x_audio, x_visual):
         owner = type(self).__name__
@@ -778,8 +747,10 @@ class JointMVAE(nn.Module):
         if x_visual is not None:
             like = (x_audio, "x_audio") if x_audio is not None else (None, "")
             _check_sequence(owner, "x_visual", x_visual, "dim_visual", self.dim_visual, *like)
-        return (None if x_audio is None else self.audio_features(x_audio),
-                None if x_visual is None else self.visual_features(x_visual))
+        return (
+            None if x_audio is None else self.audio_features(x_audio),
+            None if x_visual is None else self.visual_features(x_visual),
+        )
 
     def _posterior(self, r_audio, r_visual):
         """q(z | the modalities whose features are not None)."""

@@ -1,18 +1,20 @@
 """Diagonal-Gaussian utilities shared by the VAE models (MDVAE, DSAE, DVAE family).
 
 A Gaussian is given by its mean and its log-variance (sigma^2 = exp(logvar)), the
-parameterisation of the MDVAE code (spec/mdvae.md §3.1). Densities and KLs are
-for the diagonal Gaussian over the **last axis** (the event axis): they sum over it
-and keep every leading axis (batch, time), so callers choose how to reduce those.
+parameterisation of the MDVAE code ([code-mdvae]; [Sadok-thesis] Table B.3; keys:
+docs/REFERENCES.md). Densities and KLs are for the diagonal Gaussian over the **last
+axis** (the event axis): they sum over it and keep every leading axis (batch, time), so
+callers choose how to reduce those.
 
 * ``reparameterize`` / ``sample``: z = mean + exp(logvar / 2) * eps, eps ~ N(0, I).
   ``reparameterize`` takes the noise, so a model can draw the noise of every frame
   at once outside a ``lax.scan`` and feed it in as a scanned input.
 * ``kl_divergence``: closed-form KL(q || p) between diagonal Gaussians
-  (spec/mdvae.md §1.4); p defaults to N(0, I).
+  ([MDVAE] Sec. 2.4, Eq. 12); p defaults to N(0, I).
 * ``gaussian_log_likelihood`` / ``gaussian_nll``: log N(x; mean, exp(logvar))
   with the log(2 pi) constant; logvar defaults to 0, the unit-variance observation
-  model of spec/mdvae.md §1.2 (NLL = SSE / 2 + D/2 log(2 pi)).
+  model of [MDVAE] Sec. 2.2, Eqs. 2–3 (NLL = SSE / 2 + D/2 log(2 pi)).
+* ``GaussianHead``: a Dense layer giving a Gaussian's mean and log-variance.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -36,21 +39,19 @@ def sample(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     return reparameterize(mean, logvar, eps)
 
 
-def kl_divergence(mean_q: jax.Array, logvar_q: jax.Array,
-                  mean_p: jax.Array | float = 0.0,
-                  logvar_p: jax.Array | float = 0.0) -> jax.Array:
+def kl_divergence(
+    mean_q: jax.Array, logvar_q: jax.Array, mean_p: jax.Array | float = 0.0, logvar_p: jax.Array | float = 0.0
+) -> jax.Array:
     """KL(N(mean_q, exp(logvar_q)) || N(mean_p, exp(logvar_p))), summed over the last axis.
 
     ``1/2 sum_d [logvar_p - logvar_q + (exp(logvar_q) + (mean_q - mean_p)^2) / exp(logvar_p) - 1]``.
     The default p is N(0, I). Arguments broadcast against each other.
     """
-    d = (logvar_p - logvar_q + jnp.exp(logvar_q - logvar_p)
-         + jnp.square(mean_q - mean_p) * jnp.exp(-logvar_p) - 1.0)
+    d = logvar_p - logvar_q + jnp.exp(logvar_q - logvar_p) + jnp.square(mean_q - mean_p) * jnp.exp(-logvar_p) - 1.0
     return 0.5 * jnp.sum(d, axis=-1)
 
 
-def gaussian_log_likelihood(x: jax.Array, mean: jax.Array,
-                            logvar: jax.Array | float = 0.0) -> jax.Array:
+def gaussian_log_likelihood(x: jax.Array, mean: jax.Array, logvar: jax.Array | float = 0.0) -> jax.Array:
     """log N(x; mean, exp(logvar)) summed over the last axis; unit variance by default."""
     d = jnp.square(x - mean) * jnp.exp(-logvar) + logvar + LOG_2PI
     return -0.5 * jnp.sum(d, axis=-1)
@@ -59,3 +60,14 @@ def gaussian_log_likelihood(x: jax.Array, mean: jax.Array,
 def gaussian_nll(x: jax.Array, mean: jax.Array, logvar: jax.Array | float = 0.0) -> jax.Array:
     """Negative of :func:`gaussian_log_likelihood`."""
     return -gaussian_log_likelihood(x, mean, logvar)
+
+
+class GaussianHead(nn.Module):
+    """Mean and log-variance of a diagonal Gaussian: one Dense(2 * dim), split."""
+
+    dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        mean, logvar = jnp.split(nn.Dense(2 * self.dim)(x), 2, axis=-1)
+        return mean, logvar

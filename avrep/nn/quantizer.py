@@ -1,7 +1,8 @@
 """Vector quantiser with an exponential-moving-average (EMA) codebook.
 
 This is the VQ-VAE quantiser of van den Oord et al. (2017, appendix A.1) as
-implemented in Sonnet v1 and in the authors' PyTorch code (spec/mdvae.md §2.4):
+implemented in Sonnet v1 and in the authors' PyTorch code ([code-mdvae]; [MDVAE]
+Sec. 2.5; keys: docs/REFERENCES.md):
 
 * nearest-neighbour assignment, straight-through gradient;
 * commitment loss ``beta * mean((z_e - sg(z_q))**2)``; no codebook loss term,
@@ -43,105 +44,95 @@ VQ_COLLECTION = "vq_ema"
 
 
 def squared_distances(z: jax.Array, codebook: jax.Array) -> jax.Array:
-  """``|z|^2 - 2 z.e + |e|^2`` for z [N, D] and codebook [K, D] -> [N, K]."""
-  return (jnp.sum(z * z, axis=-1, keepdims=True) - 2.0 * z @ codebook.T
-          + jnp.sum(codebook * codebook, axis=-1))
+    """``|z|^2 - 2 z.e + |e|^2`` for z [N, D] and codebook [K, D] -> [N, K]."""
+    return jnp.sum(z * z, axis=-1, keepdims=True) - 2.0 * z @ codebook.T + jnp.sum(codebook * codebook, axis=-1)
 
 
 class VectorQuantizerEMA(nn.Module):
-  """EMA vector quantiser over the last axis of its input (see module doc)."""
+    """EMA vector quantiser over the last axis of its input (see module doc)."""
 
-  num_codes: int
-  code_dim: int
-  decay: float = 0.99
-  epsilon: float = 1e-5
-  commitment_cost: float = 0.25
-  restart_dead_codes: bool = False
-  dead_code_fraction: float = 0.01
+    num_codes: int
+    code_dim: int
+    decay: float = 0.99
+    epsilon: float = 1e-5
+    commitment_cost: float = 0.25
+    restart_dead_codes: bool = False
+    dead_code_fraction: float = 0.01
 
-  def setup(self):
-    shape = (self.num_codes, self.code_dim)
-    self.codebook = self.variable(
-        VQ_COLLECTION, "codebook",
-        lambda: jax.random.normal(self.make_rng("params"), shape, jnp.float32))
-    self.cluster_size = self.variable(
-        VQ_COLLECTION, "cluster_size", jnp.zeros, (self.num_codes,),
-        jnp.float32)
-    self.embed_sum = self.variable(
-        VQ_COLLECTION, "embed_sum", lambda: self.codebook.value)
+    def setup(self):
+        shape = (self.num_codes, self.code_dim)
+        self.codebook = self.variable(
+            VQ_COLLECTION, "codebook", lambda: jax.random.normal(self.make_rng("params"), shape, jnp.float32)
+        )
+        self.cluster_size = self.variable(VQ_COLLECTION, "cluster_size", jnp.zeros, (self.num_codes,), jnp.float32)
+        self.embed_sum = self.variable(VQ_COLLECTION, "embed_sum", lambda: self.codebook.value)
 
-  def lookup(self, z_e: jax.Array) -> jax.Array:
-    """Indices (int32, shape ``z_e.shape[:-1]``) of the nearest codes."""
-    self._check_dim(z_e)
-    flat = z_e.reshape(-1, self.code_dim).astype(jnp.float32)
-    idx = jnp.argmin(squared_distances(flat, self.codebook.value), axis=-1)
-    return idx.astype(jnp.int32).reshape(z_e.shape[:-1])
+    def lookup(self, z_e: jax.Array) -> jax.Array:
+        """Indices (int32, shape ``z_e.shape[:-1]``) of the nearest codes."""
+        self._check_dim(z_e)
+        flat = z_e.reshape(-1, self.code_dim).astype(jnp.float32)
+        idx = jnp.argmin(squared_distances(flat, self.codebook.value), axis=-1)
+        return idx.astype(jnp.int32).reshape(z_e.shape[:-1])
 
-  def quantize_indices(self, indices: jax.Array) -> jax.Array:
-    """Code vectors ``[..., code_dim]`` for integer indices ``[...]``."""
-    return jnp.take(self.codebook.value, indices, axis=0)
+    def quantize_indices(self, indices: jax.Array) -> jax.Array:
+        """Code vectors ``[..., code_dim]`` for integer indices ``[...]``."""
+        return jnp.take(self.codebook.value, indices, axis=0)
 
-  def __call__(self, z_e: jax.Array, train: bool) -> dict[str, jax.Array]:
-    """Quantises ``z_e [..., code_dim]``.
+    def __call__(self, z_e: jax.Array, train: bool) -> dict[str, jax.Array]:
+        """Quantises ``z_e [..., code_dim]``.
 
-    Returns a dict with ``z_q`` (straight-through, same shape as z_e),
-    ``indices`` (int32 ``[...]``), ``commitment_loss``, ``perplexity`` (exp of
-    the entropy of the batch's average code usage) and ``usage`` (fraction of
-    codes used at least once in the batch); the last three are scalars.
-    """
-    self._check_dim(z_e)
-    flat = z_e.reshape(-1, self.code_dim)
-    indices = jnp.argmin(
-        squared_distances(flat, self.codebook.value), axis=-1)
-    onehot = jax.nn.one_hot(indices, self.num_codes, dtype=flat.dtype)
-    counts = jnp.sum(onehot, axis=0)
-    quantized = jnp.take(self.codebook.value, indices, axis=0)
+        Returns a dict with ``z_q`` (straight-through, same shape as z_e),
+        ``indices`` (int32 ``[...]``), ``commitment_loss``, ``perplexity`` (exp of
+        the entropy of the batch's average code usage) and ``usage`` (fraction of
+        codes used at least once in the batch); the last three are scalars.
+        """
+        self._check_dim(z_e)
+        flat = z_e.reshape(-1, self.code_dim)
+        indices = jnp.argmin(squared_distances(flat, self.codebook.value), axis=-1)
+        onehot = jax.nn.one_hot(indices, self.num_codes, dtype=flat.dtype)
+        counts = jnp.sum(onehot, axis=0)
+        quantized = jnp.take(self.codebook.value, indices, axis=0)
 
-    if (train and self.is_mutable_collection(VQ_COLLECTION)
-        and not self.is_initializing()):
-      d = self.decay
-      cluster_size = d * self.cluster_size.value + (1 - d) * counts
-      embed_sum = (d * self.embed_sum.value
-                   + (1 - d) * (onehot.T @ jax.lax.stop_gradient(flat)))
-      if self.restart_dead_codes:
-        cluster_size, embed_sum = self._restart_dead_codes(
-            cluster_size, embed_sum, jax.lax.stop_gradient(flat))
-      n = jnp.sum(cluster_size)
-      smoothed = ((cluster_size + self.epsilon)
-                  / (n + self.num_codes * self.epsilon) * n)
-      self.cluster_size.value = cluster_size
-      self.embed_sum.value = embed_sum
-      self.codebook.value = embed_sum / smoothed[:, None]
+        if train and self.is_mutable_collection(VQ_COLLECTION) and not self.is_initializing():
+            d = self.decay
+            cluster_size = d * self.cluster_size.value + (1 - d) * counts
+            embed_sum = d * self.embed_sum.value + (1 - d) * (onehot.T @ jax.lax.stop_gradient(flat))
+            if self.restart_dead_codes:
+                cluster_size, embed_sum = self._restart_dead_codes(cluster_size, embed_sum, jax.lax.stop_gradient(flat))
+            n = jnp.sum(cluster_size)
+            smoothed = (cluster_size + self.epsilon) / (n + self.num_codes * self.epsilon) * n
+            self.cluster_size.value = cluster_size
+            self.embed_sum.value = embed_sum
+            self.codebook.value = embed_sum / smoothed[:, None]
 
-    quantized = quantized.reshape(z_e.shape)
-    sg = jax.lax.stop_gradient
-    commitment = self.commitment_cost * jnp.mean(jnp.square(z_e - sg(quantized)))
-    probs = counts / flat.shape[0]
-    return dict(
-        z_q=z_e + sg(quantized - z_e),
-        indices=indices.astype(jnp.int32).reshape(z_e.shape[:-1]),
-        commitment_loss=commitment,
-        perplexity=jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10))),
-        usage=jnp.mean((counts > 0).astype(jnp.float32)),
-    )
+        quantized = quantized.reshape(z_e.shape)
+        sg = jax.lax.stop_gradient
+        commitment = self.commitment_cost * jnp.mean(jnp.square(z_e - sg(quantized)))
+        probs = counts / flat.shape[0]
+        return dict(
+            z_q=z_e + sg(quantized - z_e),
+            indices=indices.astype(jnp.int32).reshape(z_e.shape[:-1]),
+            commitment_loss=commitment,
+            perplexity=jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10))),
+            usage=jnp.mean((counts > 0).astype(jnp.float32)),
+        )
 
-  def _restart_dead_codes(self, cluster_size, embed_sum, flat):
-    """Moves rarely used codes onto random vectors of the batch.
+    def _restart_dead_codes(self, cluster_size, embed_sum, flat):
+        """Moves rarely used codes onto random vectors of the batch.
 
-    A restarted code gets the mean count, so that its codebook entry
-    (embed_sum / smoothed count) equals the chosen vector and it has as much
-    inertia as an average code.
-    """
-    mean = jnp.mean(cluster_size)
-    dead = cluster_size < self.dead_code_fraction * mean
-    rows = jax.random.randint(self.make_rng("vq"), (self.num_codes,), 0,
-                              flat.shape[0])
-    cluster_size = jnp.where(dead, mean, cluster_size)
-    embed_sum = jnp.where(dead[:, None], flat[rows] * mean, embed_sum)
-    return cluster_size, embed_sum
+        A restarted code gets the mean count, so that its codebook entry
+        (embed_sum / smoothed count) equals the chosen vector and it has as much
+        inertia as an average code.
+        """
+        mean = jnp.mean(cluster_size)
+        dead = cluster_size < self.dead_code_fraction * mean
+        rows = jax.random.randint(self.make_rng("vq"), (self.num_codes,), 0, flat.shape[0])
+        cluster_size = jnp.where(dead, mean, cluster_size)
+        embed_sum = jnp.where(dead[:, None], flat[rows] * mean, embed_sum)
+        return cluster_size, embed_sum
 
-  def _check_dim(self, z_e):
-    if z_e.shape[-1] != self.code_dim:
-      raise ValueError(
-          f"VectorQuantizerEMA: last axis of the input must be code_dim="
-          f"{self.code_dim}, got shape {z_e.shape}")
+    def _check_dim(self, z_e):
+        if z_e.shape[-1] != self.code_dim:
+            raise ValueError(
+                f"VectorQuantizerEMA: last axis of the input must be code_dim={self.code_dim}, got shape {z_e.shape}"
+            )

@@ -1,11 +1,16 @@
 """Multi-process (multi-host) initialisation."""
+
 from __future__ import annotations
 
 import jax
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, auto: bool = False) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> None:
     """Calls ``jax.distributed.initialize`` when a multi-process run is asked for.
 
     Explicit arguments start a run on given hosts (localhost tests included); ``auto`` lets JAX
@@ -19,5 +24,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if auto:
         jax.distributed.initialize()
     else:
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        )

@@ -1,4 +1,5 @@
 """Metric logging: JSON lines + TensorBoard event files, and a console progress bar."""
+
 from __future__ import annotations
 
 import json
@@ -9,21 +10,32 @@ from typing import Mapping
 import numpy as np
 import tqdm
 
+from avrep.runs import METRICS_FILE
+
 
 class MetricLogger:
     """Writes ``metrics.jsonl`` and TensorBoard events in a run's workdir (process 0 only)."""
 
-    def __init__(self, workdir: str, total_steps: int, initial_step: int, enabled: bool = True,
-                 description: str = "train"):
+    def __init__(
+        self, workdir: str, total_steps: int, initial_step: int, enabled: bool = True, description: str = "train"
+    ):
         self.enabled = enabled
         self._jsonl = self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
             from tensorboardX import SummaryWriter  # imported lazily: only process 0 writes events
+
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, desc=description, unit="step",
-                              disable=not enabled, dynamic_ncols=True, mininterval=2.0)
+        self._bar = tqdm.tqdm(
+            total=total_steps,
+            initial=initial_step,
+            desc=description,
+            unit="step",
+            disable=not enabled,
+            dynamic_ncols=True,
+            mininterval=2.0,
+        )
         self._last = (time.perf_counter(), initial_step)
 
     def write(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:

@@ -1,4 +1,5 @@
 """Device mesh, shardings and host-to-device batch transfer (jax.jit + NamedSharding, no pmap)."""
+
 from __future__ import annotations
 
 import math
@@ -6,7 +7,8 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXES = ("data", "fsdp")  # batch is split over both; params are replicated unless a model shards them
 

@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules from the config's ``optimizer`` block."""
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -13,8 +14,9 @@ def make_schedule(cfg: Mapping, num_steps: int) -> optax.Schedule:
     if kind == "constant":
         return optax.linear_schedule(0.0, lr, warmup) if warmup else optax.constant_schedule(lr)
     if kind == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1),
-                                                  end_value=lr * float(cfg.get("final_fraction", 0.0)))
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup, max(num_steps, warmup + 1), end_value=lr * float(cfg.get("final_fraction", 0.0))
+        )
     if kind == "step":  # StepLR as in the MDVAE code: lr * gamma^(step // every)
         return optax.exponential_decay(lr, int(cfg["decay_every"]), float(cfg["decay_rate"]), staircase=True)
     raise ValueError(f"config key optimizer.schedule must be 'constant', 'cosine' or 'step', got {kind!r}")

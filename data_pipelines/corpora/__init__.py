@@ -1,11 +1,20 @@
-"""TFDS builders for real audiovisual / audio emotion corpora (one module per corpus, shared base)."""
+"""TFDS builders for real audiovisual / audio emotion corpora and speech folders (one module each, shared base)."""
+
 from __future__ import annotations
 
 import importlib
 
 # corpus name (its TFDS name) -> module defining its builder class
-CORPORA = {"mead": "mead", "ravdess": "ravdess", "cremad": "cremad", "enterface05": "enterface05",
-           "voxceleb2": "voxceleb2", "emodb": "emodb", "iemocap": "iemocap"}
+CORPORA = {
+    "mead": "mead",
+    "ravdess": "ravdess",
+    "cremad": "cremad",
+    "enterface05": "enterface05",
+    "voxceleb2": "voxceleb2",
+    "emodb": "emodb",
+    "iemocap": "iemocap",
+    "speech_folder": "speech_folder",  # any folder of speech recordings (the DVAE family)
+}
 
 
 def builder_class(name: str):

@@ -7,6 +7,7 @@ manual_dir layout (the repository's folders)::
 
 Names are <actor>_<sentence>_<emotion>_<intensity>; intensity LO/MD/HI or XX (unspecified).
 """
+
 from __future__ import annotations
 
 import glob
@@ -34,10 +35,17 @@ class CremaD(CorpusBuilder):
         for path in sorted(glob.glob(os.path.join(glob.escape(root), "VideoFlash", "*"))):
             m = _NAME.match(os.path.basename(path))
             if not m or m.group(2) not in _SENTENCES or m.group(3) not in _EMOTIONS or m.group(4) not in _INTENSITIES:
-                yield Skip(path, "bad name: expected <1001-1091>_<sentence>_<ANG|DIS|FEA|HAP|NEU|SAD>_"
-                                 "<LO|MD|HI|XX>.flv")
+                yield Skip(
+                    path, "bad name: expected <1001-1091>_<sentence>_<ANG|DIS|FEA|HAP|NEU|SAD>_<LO|MD|HI|XX>.flv"
+                )
                 continue
             stem = os.path.basename(path)[:-4]
             audio = os.path.join(root, "AudioWAV", stem + ".wav")
-            yield Clip(key=stem, speaker=m.group(1), emotion=_EMOTIONS[m.group(3)],
-                       intensity=_INTENSITIES[m.group(4)], video=path, audio=audio if os.path.isfile(audio) else None)
+            yield Clip(
+                key=stem,
+                speaker=m.group(1),
+                emotion=_EMOTIONS[m.group(3)],
+                intensity=_INTENSITIES[m.group(4)],
+                video=path,
+                audio=audio if os.path.isfile(audio) else None,
+            )

@@ -7,6 +7,7 @@ manual_dir layout (the download unpacked)::
 Names are <speaker 2 digits><text a01..b10><emotion letter><version>: W anger (Ärger), L boredom,
 E disgust, A fear (Angst), F happiness (Freude), T sadness (Trauer), N neutral.
 """
+
 from __future__ import annotations
 
 import glob
@@ -15,8 +16,15 @@ import re
 
 from data_pipelines.corpora.base import Clip, CorpusBuilder, Skip, audio_configs
 
-_EMOTIONS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness",
-             "N": "neutral"}
+_EMOTIONS = {
+    "W": "anger",
+    "L": "boredom",
+    "E": "disgust",
+    "A": "fear",
+    "F": "happiness",
+    "T": "sadness",
+    "N": "neutral",
+}
 _SPEAKERS = ("03", "08", "09", "10", "11", "12", "13", "14", "15", "16")
 _NAME = re.compile(r"(\d\d)([ab]\d\d)([WLEAFTN])([a-z])\.wav$")
 
@@ -35,5 +43,11 @@ class Emodb(CorpusBuilder):
             if not m or m.group(1) not in _SPEAKERS:
                 yield Skip(path, "bad name: expected <speaker 03..16><a01..b10><W|L|E|A|F|T|N><version>.wav")
                 continue
-            yield Clip(key=os.path.basename(path)[:-4], speaker=m.group(1), emotion=_EMOTIONS[m.group(3)],
-                       intensity="unspecified", video=None, audio=path)
+            yield Clip(
+                key=os.path.basename(path)[:-4],
+                speaker=m.group(1),
+                emotion=_EMOTIONS[m.group(3)],
+                intensity="unspecified",
+                video=None,
+                audio=path,
+            )

@@ -8,6 +8,7 @@ The release is irregular (some subjects lack the sentence folders, a few names a
 ``s_<n>_...``), so clips are found by file name anywhere under ``subject <n>/``: the subject comes
 from the top folder, the emotion from the name's code (an, di, fe, ha, sa, su). No intensity labels.
 """
+
 from __future__ import annotations
 
 import glob
@@ -39,5 +40,10 @@ class Enterface05(CorpusBuilder):
                 yield Skip(path, "bad name: expected subject <n>/.../s<n>_<an|di|fe|ha|sa|su>_<k>.avi")
                 continue
             code = m.group(2).lower()
-            yield Clip(key=f"s{s.group(1)}_{code}_{m.group(3)}", speaker=subject, emotion=_EMOTIONS[code],
-                       intensity="unspecified", video=path)
+            yield Clip(
+                key=f"s{s.group(1)}_{code}_{m.group(3)}",
+                speaker=subject,
+                emotion=_EMOTIONS[code],
+                intensity="unspecified",
+                video=path,
+            )

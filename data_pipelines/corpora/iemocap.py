@@ -12,6 +12,7 @@ utterances with other labels are listed in the manifest. (The VQ-MAE-S thesis wr
 The speaker is the utterance's actor (Ses01F, Ses01M, ...); folds are the 5 sessions
 (leave-one-session-out), stored in the dataset metadata.
 """
+
 from __future__ import annotations
 
 import glob
@@ -30,8 +31,10 @@ class Iemocap(CorpusBuilder):
     name = "iemocap"
     BUILDER_CONFIGS = audio_configs()
     EMOTIONS = ("neutral", "happy", "angry", "sad")
-    LAYOUT = ("  <manual_dir>/Session<1-5>/sentences/wav/<dialog>/<utterance>.wav\n"
-              "  <manual_dir>/Session<1-5>/dialog/EmoEvaluation/<dialog>.txt")
+    LAYOUT = (
+        "  <manual_dir>/Session<1-5>/sentences/wav/<dialog>/<utterance>.wav\n"
+        "  <manual_dir>/Session<1-5>/dialog/EmoEvaluation/<dialog>.txt"
+    )
     LAYOUT_GLOBS = ("Session*/sentences/wav",)
 
     def _scan(self, root):
@@ -43,16 +46,24 @@ class Iemocap(CorpusBuilder):
             utt = os.path.basename(path)[:-4]
             m = _UTTERANCE.match(utt)
             if not path.endswith(".wav") or not m:
-                yield Skip(path, "bad name: expected Session<k>/sentences/wav/<dialog>/"
-                                 "Ses<kk><F|M>_<dialog>_<F|M><NNN>.wav")
+                yield Skip(
+                    path, "bad name: expected Session<k>/sentences/wav/<dialog>/Ses<kk><F|M>_<dialog>_<F|M><NNN>.wav"
+                )
             elif utt not in labels:
                 yield Skip(path, "no label: utterance not in its session's dialog/EmoEvaluation/*.txt")
             elif labels[utt] not in _CLASSES:
                 yield Skip(path, f"label outside the 4 classes: {labels[utt]!r}")
             else:
-                yield Clip(key=utt, speaker=f"Ses{m.group(1)}{m.group(2)}", emotion=_CLASSES[labels[utt]],
-                           intensity="unspecified", video=None, audio=path, subset=f"Session{int(m.group(1))}")
+                yield Clip(
+                    key=utt,
+                    speaker=f"Ses{m.group(1)}{m.group(2)}",
+                    emotion=_CLASSES[labels[utt]],
+                    intensity="unspecified",
+                    video=None,
+                    audio=path,
+                    subset=f"Session{int(m.group(1))}",
+                )
 
     def _fold_of(self, clips, speakers):
-        session = {c.speaker: int(c.subset[len("Session"):]) - 1 for c in clips}
+        session = {c.speaker: int(c.subset[len("Session") :]) - 1 for c in clips}
         return {s: session[s] for s in speakers}

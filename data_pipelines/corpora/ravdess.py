@@ -8,6 +8,7 @@ File names are modality-channel-emotion-intensity-statement-repetition-actor. On
 (modality 01) speech (channel 01) files are used, as the VQ-MAE-AV code did; video-only (02)
 and song files are listed in the manifest as skipped, with the reason.
 """
+
 from __future__ import annotations
 
 import glob
@@ -40,5 +41,10 @@ class Ravdess(CorpusBuilder):
             elif m.group(2) != "01":
                 yield Skip(path, f"not speech: vocal channel {m.group(2)} (song; only 01, speech, is used)")
             else:
-                yield Clip(key=name[:-4], speaker=folder, emotion=EMOTIONS[int(m.group(3)) - 1],
-                           intensity=self.INTENSITIES[int(m.group(4)) - 1], video=path)
+                yield Clip(
+                    key=name[:-4],
+                    speaker=folder,
+                    emotion=EMOTIONS[int(m.group(3)) - 1],
+                    intensity=self.INTENSITIES[int(m.group(4)) - 1],
+                    video=path,
+                )

@@ -13,6 +13,7 @@ the face detector instead. Splits: ``test`` is the test set; dev speakers are sp
 pass ``--beam_runner``/``--beam_option`` flags of data_pipelines.build to use Dataflow, Flink or
 Spark at scale; the DirectRunner works for small copies.
 """
+
 from __future__ import annotations
 
 import glob
@@ -32,8 +33,10 @@ class Voxceleb2(CorpusBuilder):
     name = "voxceleb2"
     BUILDER_CONFIGS = av_configs(precropped=True, center_crop=0.75)
     EMOTIONS = ("unlabelled",)
-    LAYOUT = ("  <manual_dir>/<dev|test>/mp4/<speaker id00012>/<youtube id>/<NNNNN>.mp4\n"
-              "  <manual_dir>/<dev|test>/aac/<speaker>/<youtube id>/<NNNNN>.m4a   (optional)")
+    LAYOUT = (
+        "  <manual_dir>/<dev|test>/mp4/<speaker id00012>/<youtube id>/<NNNNN>.mp4\n"
+        "  <manual_dir>/<dev|test>/aac/<speaker>/<youtube id>/<NNNNN>.m4a   (optional)"
+    )
     LAYOUT_GLOBS = ("dev/mp4", "test/mp4")
     BEAM = True
 
@@ -48,9 +51,15 @@ class Voxceleb2(CorpusBuilder):
                     yield Skip(path, "bad name: expected <dev|test>/mp4/id<NNNNN>/<youtube id>/<NNNNN>.mp4")
                     continue
                 audio = os.path.join(root, subset, "aac", *parts[:2], m.group(1) + ".m4a")
-                yield Clip(key=f"{parts[0]}_{parts[1]}_{m.group(1)}", speaker=parts[0], emotion="unlabelled",
-                           intensity="unspecified", video=path, audio=audio if os.path.isfile(audio) else None,
-                           subset=subset)
+                yield Clip(
+                    key=f"{parts[0]}_{parts[1]}_{m.group(1)}",
+                    speaker=parts[0],
+                    emotion="unlabelled",
+                    intensity="unspecified",
+                    video=path,
+                    audio=audio if os.path.isfile(audio) else None,
+                    subset=subset,
+                )
 
     def _split_of(self, clips, speakers):
         test = {c.speaker for c in clips if c.subset == "test"}

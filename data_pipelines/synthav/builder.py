@@ -7,10 +7,15 @@ Configs:
   mdvae        64x64 faces at 30 fps (MDVAE / VQ-MDVAE setting), 40 speakers x 24 utterances
   vqmae        96x96 faces at 25 fps (VQ-MAE setting), 40 speakers x 24 utterances
   mdvae_smoke, vqmae_smoke   tiny variants for tests (seconds to build)
+  speech, speech_smoke       the speech view of mdvae / mdvae_smoke (the DVAE family): the same utterances'
+                             16 kHz audio, silence-trimmed at 30 dB as the DVAE papers' code does, with
+                             speaker / gender / emotion / intensity labels and the same splits; no video
+                             (schema.speech_features; read with spec.decode_speech)
 
 Every example is generated from (config seed, speaker, emotion, intensity, take) only, so a
 build is deterministic and examples can be generated in parallel processes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,13 +25,20 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import schema
+from data_pipelines import media, schema
 from data_pipelines.synthav import generator
 
 # Per-frame ground-truth fields kept with each example: name -> trailing shape.
 TRUTH_FIELDS = {
-    "f0": (), "voiced": (), "formants": (3,), "loudness": (), "mouth_open": (),
-    "mouth_width": (), "eye_open": (), "head_pose": (3,), "gaze": (2,),
+    "f0": (),
+    "voiced": (),
+    "formants": (3,),
+    "loudness": (),
+    "mouth_open": (),
+    "mouth_width": (),
+    "eye_open": (),
+    "head_pose": (3,),
+    "gaze": (2,),
 }
 
 
@@ -39,12 +51,19 @@ class SynthAVConfig(tfds.core.BuilderConfig):
     min_seconds: float = 1.5
     max_seconds: float = 3.0
     seed: int = 0
+    video: bool = True  # False: the speech view (schema.speech_features), no face drawn
+    trim_db: float | None = None  # speech view: leading / trailing silence trimmed (media.trim_silence)
 
 
 def _config(name, setting, **kw):
     s = generator.SETTINGS[setting]
-    return SynthAVConfig(name=name, description=f"{setting} setting: {s['image_size']}px @ {s['fps']} fps",
-                         image_size=s["image_size"], fps=s["fps"], **kw)
+    return SynthAVConfig(
+        name=name,
+        description=f"{setting} setting: {s['image_size']}px @ {s['fps']} fps",
+        image_size=s["image_size"],
+        fps=s["fps"],
+        **kw,
+    )
 
 
 BUILDER_CONFIGS = [
@@ -53,21 +72,47 @@ BUILDER_CONFIGS = [
     _config("mdvae_smoke", "mdvae", num_speakers=6, utterances_per_speaker=4, min_seconds=1.2, max_seconds=1.6),
     _config("vqmae_smoke", "vqmae", num_speakers=6, utterances_per_speaker=4, min_seconds=2.2, max_seconds=2.4),
 ]
+# The speech views: a config of the same generator arguments gives the same utterances (keys and audio).
+_SPEECH_OF = {"speech": "mdvae", "speech_smoke": "mdvae_smoke"}
+BUILDER_CONFIGS += [
+    dataclasses.replace(
+        next(c for c in BUILDER_CONFIGS if c.name == av),
+        name=name,
+        description=f"speech view of {av}: its utterances' 16 kHz audio, trimmed at 30 dB; no video",
+        video=False,
+        trim_db=30.0,
+    )
+    for name, av in _SPEECH_OF.items()
+]
 
 
 def _example(job):
     """Generates one example; module-level so worker processes can run it."""
     key, speaker, split_speaker_index, emotion, intensity, seed, cfg = job
     utt = generator.synthesize_utterance(
-        speaker, emotion, intensity, seed=seed, image_size=cfg["image_size"], fps=cfg["fps"],
-        min_seconds=cfg["min_seconds"], max_seconds=cfg["max_seconds"])
-    example = {
+        speaker,
+        emotion,
+        intensity,
+        seed=seed,
+        image_size=cfg["image_size"],
+        fps=cfg["fps"],
+        min_seconds=cfg["min_seconds"],
+        max_seconds=cfg["max_seconds"],
+        video=cfg["video"],
+    )
+    labels = {
         "utterance_id": key,
         "speaker": speaker.speaker_id,
         "speaker_index": split_speaker_index,
         "gender": speaker.gender,
         "emotion": emotion,
         "intensity": intensity,
+    }
+    if not cfg["video"]:  # the speech view: the same int16 samples, trimmed (not re-scaled)
+        audio, start = media.trim_silence(utt["audio"], cfg["trim_db"])
+        return key, {**labels, "audio": audio, "trim_start": start}
+    example = {
+        **labels,
         "audio": utt["audio"],
         "video": utt["video"],
         "phones": utt["phones"].astype(np.int32),
@@ -84,20 +129,35 @@ class Synthav(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = BUILDER_CONFIGS
 
     def _info(self):
-        size = self.builder_config.image_size
-        truth = {k: tfds.features.Tensor(shape=(None, *shape), dtype=np.float32)
-                 for k, shape in TRUTH_FIELDS.items()}
+        cfg = self.builder_config
+        size = cfg.image_size
+        labels = {
+            "gender": tfds.features.ClassLabel(names=["female", "male"]),
+            "emotion": tfds.features.ClassLabel(names=list(generator.EMOTIONS)),
+            "intensity": tfds.features.ClassLabel(names=["level_1", "level_2", "level_3"]),
+        }
+        if not cfg.video:
+            return self.dataset_info_from_configs(
+                description=__doc__,
+                features=tfds.features.FeaturesDict({**schema.speech_features(), **labels}),
+                metadata=tfds.core.MetadataDict(
+                    sample_rate=generator.SAMPLE_RATE, trim_db=cfg.trim_db, speech_view_of=_SPEECH_OF[cfg.name]
+                ),
+            )
+        truth = {k: tfds.features.Tensor(shape=(None, *shape), dtype=np.float32) for k, shape in TRUTH_FIELDS.items()}
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                **schema.av_features(size, generator.EMOTIONS, ["level_1", "level_2", "level_3"]),
-                "gender": tfds.features.ClassLabel(names=["female", "male"]),
-                "phones": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-                "truth": tfds.features.FeaturesDict(truth),
-            }),
-            metadata=tfds.core.MetadataDict(sample_rate=generator.SAMPLE_RATE, fps=self.builder_config.fps,
-                                            image_size=size),
-            homepage="https://github.com/avrep/avrep",
+            features=tfds.features.FeaturesDict(
+                {
+                    **schema.av_features(size, generator.EMOTIONS, ["level_1", "level_2", "level_3"]),
+                    "gender": tfds.features.ClassLabel(names=["female", "male"]),
+                    "phones": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+                    "truth": tfds.features.FeaturesDict(truth),
+                }
+            ),
+            metadata=tfds.core.MetadataDict(
+                sample_rate=generator.SAMPLE_RATE, fps=self.builder_config.fps, image_size=size
+            ),
         )
 
     def _split_generators(self, dl_manager):
@@ -108,16 +168,22 @@ class Synthav(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, speakers):
         cfg = self.builder_config
-        job_cfg = dict(image_size=cfg.image_size, fps=cfg.fps, min_seconds=cfg.min_seconds,
-                       max_seconds=cfg.max_seconds)
+        job_cfg = dict(
+            image_size=cfg.image_size,
+            fps=cfg.fps,
+            min_seconds=cfg.min_seconds,
+            max_seconds=cfg.max_seconds,
+            video=cfg.video,
+            trim_db=cfg.trim_db,
+        )
         jobs = []
         for index, speaker in enumerate(speakers):
-            for take, (emotion, intensity) in enumerate(
-                    generator.utterance_plan(speaker, cfg.utterances_per_speaker)):
+            for take, (emotion, intensity) in enumerate(generator.utterance_plan(speaker, cfg.utterances_per_speaker)):
                 key = f"{speaker.speaker_id}_{generator.EMOTIONS[emotion]}_{intensity + 1}_{take:03d}"
                 seed = hash_seed(cfg.seed, speaker.speaker_id, take)
                 jobs.append((key, speaker, index, emotion, intensity, seed, job_cfg))
-        workers = min(len(jobs), os.cpu_count() or 1)
+        # Without faces an utterance takes ~20 ms: worker start-up would cost more than it saves.
+        workers = min(len(jobs), os.cpu_count() or 1) if cfg.video else 1
         if workers <= 1:
             yield from map(_example, jobs)
             return
@@ -128,8 +194,11 @@ class Synthav(tfds.core.GeneratorBasedBuilder):
 
 def hash_seed(*parts) -> int:
     """A stable 32-bit seed from strings/ints (Python's hash() is salted per process)."""
-    return int(np.random.SeedSequence([int.from_bytes(str(p).encode(), "little") % (2**63)
-                                       for p in parts]).generate_state(1)[0])
+    return int(
+        np.random.SeedSequence([int.from_bytes(str(p).encode(), "little") % (2**63) for p in parts]).generate_state(1)[
+            0
+        ]
+    )
 
 
 def build(config_name: str, data_dir: str) -> None:

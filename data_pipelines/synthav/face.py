@@ -50,8 +50,14 @@ def _over(canvas, color, alpha):
 # --------------------------------------------------------------------------- dynamics
 
 
-def visual_dynamics(rng: np.random.Generator, n_ctrl: int, accent: np.ndarray, blink_rate: float,
-                    pitch_offset_deg: float, gaze_y_offset: float) -> dict:
+def visual_dynamics(
+    rng: np.random.Generator,
+    n_ctrl: int,
+    accent: np.ndarray,
+    blink_rate: float,
+    pitch_offset_deg: float,
+    gaze_y_offset: float,
+) -> dict:
     """Control-rate blinks, head pose and gaze.
 
     eye_open: 1 open .. 0 closed, driven by blinks (~170 ms: 60 ms closing, 20 ms
@@ -72,14 +78,19 @@ def visual_dynamics(rng: np.random.Generator, n_ctrl: int, accent: np.ndarray, b
         x = t - tb
         profile = np.select(
             [(x >= 0) & (x < 0.06), (x >= 0.06) & (x < 0.08), (x >= 0.08) & (x < 0.17)],
-            [0.5 - 0.5 * np.cos(np.pi * x / 0.06), 1.0, 0.5 + 0.5 * np.cos(np.pi * (x - 0.08) / 0.09)], 0.0)
+            [0.5 - 0.5 * np.cos(np.pi * x / 0.06), 1.0, 0.5 + 0.5 * np.cos(np.pi * (x - 0.08) / 0.09)],
+            0.0,
+        )
         closure = np.maximum(closure, depth * profile)
 
-    pose = np.stack([
-        rng.normal(0, 2.0) + 2.5 * speech.smooth_noise(rng, n_ctrl, 0.35),
-        pitch_offset_deg + rng.normal(0, 1.5) + 1.5 * speech.smooth_noise(rng, n_ctrl, 0.3) - 1.5 * accent,
-        rng.normal(0, 1.0) + 1.2 * speech.smooth_noise(rng, n_ctrl, 0.4),
-    ], axis=1)
+    pose = np.stack(
+        [
+            rng.normal(0, 2.0) + 2.5 * speech.smooth_noise(rng, n_ctrl, 0.35),
+            pitch_offset_deg + rng.normal(0, 1.5) + 1.5 * speech.smooth_noise(rng, n_ctrl, 0.3) - 1.5 * accent,
+            rng.normal(0, 1.0) + 1.2 * speech.smooth_noise(rng, n_ctrl, 0.4),
+        ],
+        axis=1,
+    )
 
     n_fix = 2 + int(t[-1] * 3)
     switch = np.sort(rng.uniform(0, t[-1], n_fix))
@@ -160,13 +171,14 @@ def _head_map(sp, style: dict, light: dict, size: int) -> tuple[np.ndarray, int]
     along = ramp(V - ey - 0.05) * ramp(tip - V)
     for side in (-1.0, 1.0):
         shadow = 0.06 + 0.1 * max(0.0, -side * light["x"])
-        g = np.exp(-((U - side * 0.45 * nw) / 0.025) ** 2) * along
+        g = np.exp(-(((U - side * 0.45 * nw) / 0.025) ** 2)) * along
         _over(albedo, skin * 0.6, shadow * g * face)
     raise_ = 0.025 * style["lip_raise"]
     ala = np.exp(-(((aU - 0.75 * nw) / 0.045) ** 2 + ((V - tip + 0.005 + raise_) / 0.04) ** 2))
     _over(albedo, skin * 0.75, 0.35 * ala * face)
-    nostril = 1.0 - np.sqrt(((aU - 0.45 * nw * (1 + 0.2 * style["lip_raise"])) / 0.035) ** 2
-                            + ((V - tip - 0.015 + raise_) / 0.018) ** 2)
+    nostril = 1.0 - np.sqrt(
+        ((aU - 0.45 * nw * (1 + 0.2 * style["lip_raise"])) / 0.035) ** 2 + ((V - tip - 0.015 + raise_) / 0.018) ** 2
+    )
     _over(albedo, skin * 0.3, ramp(nostril * 0.018) * face)
     highlight = np.exp(-((U / 0.04) ** 2 + ((V - tip + 0.035) / 0.04) ** 2))
     _over(albedo, np.minimum(skin * 1.25, 1.0), 0.35 * highlight * face)
@@ -175,7 +187,7 @@ def _head_map(sp, style: dict, light: dict, size: int) -> tuple[np.ndarray, int]
     y0, y1 = tip, sp.mouth_y + 0.06
     frac = np.clip((V - y0) / (y1 - y0), 0, 1)
     fold_x = 0.75 * nw + 0.03 + (sp.mouth_width + 0.03 - 0.75 * nw) * frac**0.8
-    fold = np.exp(-((aU - fold_x) / 0.018) ** 2) * ramp(V - y0) * ramp(y1 - V)
+    fold = np.exp(-(((aU - fold_x) / 0.018) ** 2)) * ramp(V - y0) * ramp(y1 - V)
     _over(albedo, skin * 0.65, (0.12 + 0.25 * (style["cheek"] + style["lip_raise"])) * fold * face)
 
     # Hair in front of the face, above a style-dependent hairline.
@@ -266,8 +278,13 @@ def _draw_eyes_and_brows(canvas, U, V, sp, style, frames, px):
     xb = xb_raw / bw
     inner = np.clip(-xb, 0, 1)
     raise_ = 0.05 * style["brow_raise"] + 0.04 * style["brow_asym"] * side + col(0.012 * frames["brow_accent"])
-    yb = (ey - sp.brow_gap - sp.brow_arch * (1 - xb**2) - raise_
-          + inner * (0.04 * style["furrow"] - 0.05 * style["brow_inner"]))
+    yb = (
+        ey
+        - sp.brow_gap
+        - sp.brow_arch * (1 - xb**2)
+        - raise_
+        + inner * (0.04 * style["furrow"] - 0.05 * style["brow_inner"])
+    )
     thick = sp.brow_thickness * (1.0 - 0.45 * np.clip(xb, 0, 1))
     brow = _ramp(0.5 * thick - np.abs(V - yb), px) * _ramp((1.0 - np.abs(xb)) * bw, px)
     _over(canvas, np.array(sp.hair_rgb, np.float32) * 0.7 + np.array(sp.skin_rgb, np.float32) * 0.15, 0.9 * brow)
@@ -316,12 +333,17 @@ def render_video(sp, style: dict, frames: dict, size: int, rng: np.random.Genera
     """
     T = frames["mouth_open"].shape[0]
     light_az, light_el = rng.uniform(-0.7, 0.7), rng.uniform(-0.15, 0.5)
-    light = dict(x=np.sin(light_az) * np.cos(light_el), y=-np.sin(light_el), z=np.cos(light_az) * np.cos(light_el),
-                 intensity=rng.uniform(0.85, 1.15), ambient=rng.uniform(0.35, 0.55))
+    light = dict(
+        x=np.sin(light_az) * np.cos(light_el),
+        y=-np.sin(light_el),
+        z=np.cos(light_az) * np.cos(light_el),
+        intensity=rng.uniform(0.85, 1.15),
+        ambient=rng.uniform(0.35, 0.55),
+    )
     head_map, m = _head_map(sp, style, light, size)
 
     px = np.float32(2.0 / size)
-    grid = (-1.0 + (np.arange(size, dtype=np.float32) + 0.5) * px)
+    grid = -1.0 + (np.arange(size, dtype=np.float32) + 0.5) * px
     X, Y = grid[None, None, :], grid[None, :, None]
     yaw, pitch, roll = (np.deg2rad(frames["head_pose"][:, i]).astype(np.float32).reshape(T, 1, 1) for i in range(3))
     sy, sp_ = np.sin(yaw), np.sin(pitch)
@@ -345,8 +367,10 @@ def render_video(sp, style: dict, frames: dict, size: int, rng: np.random.Genera
     # Features are drawn in albedo space: un-shade their rows (where the head covers
     # the background), draw, and shade again.
     Uf, Vf = U - _FEATURE_DEPTH * sy, V + _FEATURE_DEPTH * sp_
-    for draw, lo, hi in ((_draw_eyes_and_brows, sp.eye_y - 0.4, sp.eye_y + 0.16),
-                         (_draw_mouth, sp.mouth_y - 0.16, sp.mouth_y + 0.34)):
+    for draw, lo, hi in (
+        (_draw_eyes_and_brows, sp.eye_y - 0.4, sp.eye_y + 0.16),
+        (_draw_mouth, sp.mouth_y - 0.16, sp.mouth_y + 0.34),
+    ):
         rows = _rows(lo, hi, size)
         band = canvas[:, rows]
         shade = 1.0 + sampled[:, rows, :, 3:4] * (_shade(U[:, rows], V[:, rows], sp, light)[..., None] - 1.0)

@@ -3,6 +3,7 @@
 The rendered face (a crop) is placed in a larger frame with a plain background, so the Haar
 detector has to find it as in a real recording (it does: the cascade detects SynthAV faces).
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,18 +18,27 @@ from data_pipelines.synthav import generator
 def utterance(speaker: int, fps: int, seconds: float = 1.3, face_size: int = 96, seed: int = 0) -> tuple:
     """(frames [T, H, W, 3] with the face placed left of centre, int16 audio) of one SynthAV utterance."""
     spk = generator.make_speakers(speaker + 1, seed)[speaker]
-    utt = generator.synthesize_utterance(spk, speaker % len(generator.EMOTIONS), 1, seed=speaker, image_size=face_size,
-                                         fps=fps, min_seconds=seconds, max_seconds=seconds)
+    utt = generator.synthesize_utterance(
+        spk,
+        speaker % len(generator.EMOTIONS),
+        1,
+        seed=speaker,
+        image_size=face_size,
+        fps=fps,
+        min_seconds=seconds,
+        max_seconds=seconds,
+    )
     h, w = int(face_size * 1.5), int(face_size * 2)
     frames = np.empty((len(utt["video"]), h, w, 3), np.uint8)
     frames[:] = (70, 90, 110)
     top, left = (h - face_size) // 2, (w - face_size) // 3
-    frames[:, top:top + face_size, left:left + face_size] = utt["video"]
+    frames[:, top : top + face_size, left : left + face_size] = utt["video"]
     return frames, utt["audio"]
 
 
-def write_clip(path: str, speaker: int, fps: int = 30, kind: str = "av", seconds: float = 1.3,
-               audio_path: str | None = None) -> None:
+def write_clip(
+    path: str, speaker: int, fps: int = 30, kind: str = "av", seconds: float = 1.3, audio_path: str | None = None
+) -> None:
     """Writes one clip. kind: av | video_only | audio | short | no_face | truncated.
 
     ``audio_path`` also writes the audio as a separate file (MEAD's .m4a beside the .mp4).

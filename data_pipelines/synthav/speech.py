@@ -33,10 +33,7 @@ SIL, VOWEL, STOP, NASAL, FRICATIVE, APPROXIMANT = range(6)
 # Frication noise bands: (low, high) Hz of a 4th-order Butterworth band-pass.
 LABIAL, ALVEOLAR, POSTALVEOLAR, VELAR = range(4)
 _BAND_EDGES_HZ = ((1200, 7000), (3800, 7600), (2200, 5600), (1400, 3400))
-_BAND_SOS = tuple(
-    scipy.signal.butter(2, edges, "bandpass", output="sos", fs=SAMPLE_RATE)
-    for edges in _BAND_EDGES_HZ
-)
+_BAND_SOS = tuple(scipy.signal.butter(2, edges, "bandpass", output="sos", fs=SAMPLE_RATE) for edges in _BAND_EDGES_HZ)
 
 # Phone inventory. F1-F3 are adult-male reference targets in Hz (vowels: Peterson &
 # Barney 1952 averages; consonants: approximate loci), scaled per speaker by the
@@ -44,33 +41,33 @@ _BAND_SOS = tuple(
 # mouth_width (1 = neutral, >1 spread, <1 rounded) are the visual targets.
 #  name   kind         voiced  F1   F2    F3   open  width band          fric gain
 _PHONE_TABLE = (
-    ("sil", SIL,         0, 300, 1400, 2400, 0.00, 1.00, -1,           0.0),
-    ("iy",  VOWEL,       1, 270, 2290, 3010, None, 1.18, -1,           0.0),
-    ("ih",  VOWEL,       1, 390, 1990, 2550, None, 1.12, -1,           0.0),
-    ("eh",  VOWEL,       1, 530, 1840, 2480, None, 1.08, -1,           0.0),
-    ("ae",  VOWEL,       1, 660, 1720, 2410, None, 1.08, -1,           0.0),
-    ("ah",  VOWEL,       1, 520, 1190, 2390, None, 1.00, -1,           0.0),
-    ("aa",  VOWEL,       1, 730, 1090, 2440, None, 0.96, -1,           0.0),
-    ("ao",  VOWEL,       1, 570,  840, 2410, None, 0.80, -1,           0.0),
-    ("uh",  VOWEL,       1, 440, 1020, 2240, None, 0.84, -1,           0.0),
-    ("uw",  VOWEL,       1, 300,  870, 2240, None, 0.70, -1,           0.0),
-    ("er",  VOWEL,       1, 490, 1350, 1690, None, 0.90, -1,           0.0),
-    ("p",   STOP,        0, 250,  900, 2100, 0.00, 1.00, LABIAL,       0.0),
-    ("b",   STOP,        1, 250,  900, 2100, 0.00, 1.00, LABIAL,       0.0),
-    ("m",   NASAL,       1, 250, 1000, 2200, 0.00, 1.00, -1,           0.0),
-    ("f",   FRICATIVE,   0, 300, 1100, 2300, 0.06, 1.00, LABIAL,       0.35),
-    ("v",   FRICATIVE,   1, 300, 1100, 2300, 0.06, 1.00, LABIAL,       0.2),
-    ("t",   STOP,        0, 300, 1700, 2600, 0.22, 1.04, ALVEOLAR,     0.0),
-    ("d",   STOP,        1, 300, 1700, 2600, 0.22, 1.04, ALVEOLAR,     0.0),
-    ("n",   NASAL,       1, 250, 1600, 2600, 0.22, 1.02, -1,           0.0),
-    ("s",   FRICATIVE,   0, 300, 1750, 2650, 0.10, 1.10, ALVEOLAR,     1.0),
-    ("z",   FRICATIVE,   1, 300, 1750, 2650, 0.10, 1.10, ALVEOLAR,     0.6),
-    ("sh",  FRICATIVE,   0, 300, 1900, 2400, 0.15, 0.78, POSTALVEOLAR, 1.0),
-    ("k",   STOP,        0, 300, 1900, 2300, 0.30, 1.00, VELAR,        0.0),
-    ("g",   STOP,        1, 300, 1900, 2300, 0.30, 1.00, VELAR,        0.0),
-    ("l",   APPROXIMANT, 1, 350, 1100, 2700, 0.30, 1.00, -1,           0.0),
-    ("w",   APPROXIMANT, 1, 300,  700, 2200, 0.12, 0.70, -1,           0.0),
-    ("r",   APPROXIMANT, 1, 350, 1100, 1600, 0.25, 0.85, -1,           0.0),
+    ("sil", SIL, 0, 300, 1400, 2400, 0.00, 1.00, -1, 0.0),
+    ("iy", VOWEL, 1, 270, 2290, 3010, None, 1.18, -1, 0.0),
+    ("ih", VOWEL, 1, 390, 1990, 2550, None, 1.12, -1, 0.0),
+    ("eh", VOWEL, 1, 530, 1840, 2480, None, 1.08, -1, 0.0),
+    ("ae", VOWEL, 1, 660, 1720, 2410, None, 1.08, -1, 0.0),
+    ("ah", VOWEL, 1, 520, 1190, 2390, None, 1.00, -1, 0.0),
+    ("aa", VOWEL, 1, 730, 1090, 2440, None, 0.96, -1, 0.0),
+    ("ao", VOWEL, 1, 570, 840, 2410, None, 0.80, -1, 0.0),
+    ("uh", VOWEL, 1, 440, 1020, 2240, None, 0.84, -1, 0.0),
+    ("uw", VOWEL, 1, 300, 870, 2240, None, 0.70, -1, 0.0),
+    ("er", VOWEL, 1, 490, 1350, 1690, None, 0.90, -1, 0.0),
+    ("p", STOP, 0, 250, 900, 2100, 0.00, 1.00, LABIAL, 0.0),
+    ("b", STOP, 1, 250, 900, 2100, 0.00, 1.00, LABIAL, 0.0),
+    ("m", NASAL, 1, 250, 1000, 2200, 0.00, 1.00, -1, 0.0),
+    ("f", FRICATIVE, 0, 300, 1100, 2300, 0.06, 1.00, LABIAL, 0.35),
+    ("v", FRICATIVE, 1, 300, 1100, 2300, 0.06, 1.00, LABIAL, 0.2),
+    ("t", STOP, 0, 300, 1700, 2600, 0.22, 1.04, ALVEOLAR, 0.0),
+    ("d", STOP, 1, 300, 1700, 2600, 0.22, 1.04, ALVEOLAR, 0.0),
+    ("n", NASAL, 1, 250, 1600, 2600, 0.22, 1.02, -1, 0.0),
+    ("s", FRICATIVE, 0, 300, 1750, 2650, 0.10, 1.10, ALVEOLAR, 1.0),
+    ("z", FRICATIVE, 1, 300, 1750, 2650, 0.10, 1.10, ALVEOLAR, 0.6),
+    ("sh", FRICATIVE, 0, 300, 1900, 2400, 0.15, 0.78, POSTALVEOLAR, 1.0),
+    ("k", STOP, 0, 300, 1900, 2300, 0.30, 1.00, VELAR, 0.0),
+    ("g", STOP, 1, 300, 1900, 2300, 0.30, 1.00, VELAR, 0.0),
+    ("l", APPROXIMANT, 1, 350, 1100, 2700, 0.30, 1.00, -1, 0.0),
+    ("w", APPROXIMANT, 1, 300, 700, 2200, 0.12, 0.70, -1, 0.0),
+    ("r", APPROXIMANT, 1, 350, 1100, 1600, 0.25, 0.85, -1, 0.0),
 )
 PHONES = tuple(row[0] for row in _PHONE_TABLE)
 PHONE_ID = {name: i for i, name in enumerate(PHONES)}
@@ -78,9 +75,7 @@ _KIND = np.array([row[1] for row in _PHONE_TABLE])
 _VOICED = np.array([row[2] for row in _PHONE_TABLE], bool)
 _FORMANTS = np.array([row[3:6] for row in _PHONE_TABLE], np.float64)
 # Jaw opening proportional to F1 (F1 rises as the jaw lowers): 270 Hz -> 0.13, 730 -> 0.95.
-_MOUTH_OPEN = np.array(
-    [(row[3] - 200.0) / 560.0 if row[6] is None else row[6] for row in _PHONE_TABLE]
-)
+_MOUTH_OPEN = np.array([(row[3] - 200.0) / 560.0 if row[6] is None else row[6] for row in _PHONE_TABLE])
 _MOUTH_WIDTH = np.array([row[7] for row in _PHONE_TABLE])
 _BAND = np.array([row[8] for row in _PHONE_TABLE])
 _FRIC_GAIN = np.array([row[9] for row in _PHONE_TABLE])
@@ -175,8 +170,9 @@ def smooth_noise(rng: np.random.Generator, n: int, sigma_s: float) -> np.ndarray
     return x * np.sqrt(2.0 * np.sqrt(np.pi) * sigma)  # analytic std of filtered white noise
 
 
-def articulation(timeline: Timeline, n_ctrl: int, vtl: float, artic_gain: float,
-                 jaw: float, width_offset: float) -> dict:
+def articulation(
+    timeline: Timeline, n_ctrl: int, vtl: float, artic_gain: float, jaw: float, width_offset: float
+) -> dict:
     """Control-rate articulatory tracks shared by the audio and the face.
 
     Returns formants [7, n] (Hz, after coarticulation smoothing), bandwidths [7, n],
@@ -195,8 +191,7 @@ def articulation(timeline: Timeline, n_ctrl: int, vtl: float, artic_gain: float,
 
     # Emotional articulation (hyper/hypo-articulation, jaw drop) widens the jaw
     # opening and, with it, F1; bilabials still close the lips completely.
-    open_target = np.where(_BILABIAL[ph], 0.0,
-                           np.clip(_MOUTH_OPEN[ph] * artic_gain + jaw * (kind != SIL), 0, 1))
+    open_target = np.where(_BILABIAL[ph], 0.0, np.clip(_MOUTH_OPEN[ph] * artic_gain + jaw * (kind != SIL), 0, 1))
     f_target = _FORMANTS[ph].T.copy()
     f_target[0] += 280.0 * (open_target - _MOUTH_OPEN[ph]) * (kind == VOWEL)
     formants = np.empty((len(_BANDWIDTHS), n_ctrl))
@@ -210,9 +205,17 @@ def articulation(timeline: Timeline, n_ctrl: int, vtl: float, artic_gain: float,
     # Vowels swell and fade within the syllable nucleus rather than switching on flat.
     nucleus = np.sin(np.pi * np.clip((t - timeline.starts[seg]) / (timeline.ends[seg] - timeline.starts[seg]), 0, 1))
     av = np.select(
-        [kind == VOWEL, kind == APPROXIMANT, kind == NASAL, (kind == FRICATIVE) & voiced,
-         stop & voiced & ~released, stop & voiced & released],
-        [np.where(timeline.stressed[seg], 1.12, 1.0) * (0.7 + 0.3 * nucleus), 0.7, 0.5, 0.35, 0.1, 0.5], 0.0)
+        [
+            kind == VOWEL,
+            kind == APPROXIMANT,
+            kind == NASAL,
+            (kind == FRICATIVE) & voiced,
+            stop & voiced & ~released,
+            stop & voiced & released,
+        ],
+        [np.where(timeline.stressed[seg], 1.12, 1.0) * (0.7 + 0.3 * nucleus), 0.7, 0.5, 0.35, 0.1, 0.5],
+        0.0,
+    )
     ah = np.where(released & ~voiced, 0.35, 0.0)
     af = np.zeros((4, n_ctrl))
     band = _BAND[ph]
@@ -233,8 +236,9 @@ def articulation(timeline: Timeline, n_ctrl: int, vtl: float, artic_gain: float,
     )
 
 
-def f0_contour(rng: np.random.Generator, timeline: Timeline, n_ctrl: int, base_hz: float,
-               range_st: float, final_rise: float) -> tuple[np.ndarray, np.ndarray]:
+def f0_contour(
+    rng: np.random.Generator, timeline: Timeline, n_ctrl: int, base_hz: float, range_st: float, final_rise: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Intonation on the control grid: pitch accents, declination, drift, micro-prosody.
 
     Returns (f0 in Hz [n], accent track [n] in 0..~1, used for head nods / brow raises).
@@ -307,9 +311,18 @@ def _klatt_coefficients(freq: np.ndarray, bw: np.ndarray):
 _FRICATION_LEVEL = 0.25
 
 
-def synthesize(rng: np.random.Generator, tracks: dict, f0_ctrl: np.ndarray, n_samples: int,
-               open_quotient: float, tilt: float, breathiness: float, jitter: float,
-               shimmer: float, level_db: np.ndarray) -> np.ndarray:
+def synthesize(
+    rng: np.random.Generator,
+    tracks: dict,
+    f0_ctrl: np.ndarray,
+    n_samples: int,
+    open_quotient: float,
+    tilt: float,
+    breathiness: float,
+    jitter: float,
+    shimmer: float,
+    level_db: np.ndarray,
+) -> np.ndarray:
     """Source-filter synthesis of the clean speech waveform (float64, arbitrary scale)."""
     n_ctrl = f0_ctrl.shape[0]
     pos = np.arange(n_samples) / CTRL_HOP

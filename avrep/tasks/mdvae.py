@@ -1,15 +1,15 @@
 """Training task for the sequence VAEs: MDVAE / VQ-MDVAE and the DSAE and JointMVAE baselines.
 
-``config.task`` picks the model family ("mdvae", "dsae", "jointmvae"), ``config.features`` its
+``config.task`` picks the model family ("mdvae", "dsae", "jointmvae"), ``config.features.kind`` its
 inputs, per frame:
 * "vq": the frozen tokenizers' flattened pre-quantisation encoder outputs (VQ-MDVAE stage 2,
-  spec/mdvae.md §3; audio 512, visual 2048), read from a feature cache built once per training
+  [MDVAE] Sec. 3.2; audio 512, visual 2048), read from a feature cache built once per training
   split (``data.feature_cache``, default) or computed on device inside every step;
 * "raw": log power spectra (513) and pixels in [-0.5, 0.5] (64 * 64 * 3), the paper's "MDVAE"
   and "DSAE" rows. Log power, not power: a unit-variance Gaussian on linear power would only
   model the few loudest bins (my choice; the paper gives no details).
 
-``feature_scaling``: "none" (the paper: features as they come), "standardize" (per-dimension
+``features.scaling``: "none" (the paper: features as they come), "standardize" (per-dimension
 mean and std of the training inputs, kept in the checkpoint's ``feature_stats`` collection) or
 "modality" (per-dimension mean, one std per modality: the root mean per-dimension variance). The
 VQ visual features have a per-dimension variance near 0.016 against 2.2 for audio, so under the
@@ -17,26 +17,26 @@ unit-variance likelihood the visual dynamics cost little to ignore and z_v colla
 standardising gives every dimension the same weight, but also amplifies near-constant dimensions;
 "modality" only rebalances the two modalities (measured trade-offs in the README).
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avrep.features.cache import FeatureSource, feature_cache_dir, shared_feature_cache
+from avrep.features.inputs import audio_frames_to_power, iter_utterance_features, utterance_frames, video_to_model_range
+from avrep.features.tokenizers import FrozenTokenizers
 from avrep.models.config import module_from_config
-from avrep.models.mdvae import (DSAE, MDVAE, NORMALIZATIONS, JointMVAE, jointmvae_loss, likelihood_kinds,
-                                 mdvae_loss)
+from avrep.models.mdvae import DSAE, MDVAE, NORMALIZATIONS, JointMVAE, jointmvae_loss, likelihood_kinds, mdvae_loss
 from avrep.models.vqvae import LOG_EPS
-from avrep.training.features import (FeatureSource, FrozenTokenizers, audio_frames_to_power, feature_cache_dir,
-                                     iter_utterance_features, shared_feature_cache, utterance_frames,
-                                     video_to_model_range)
-from avrep.training.tasks.base import Task
-from data_pipelines.pipelines import PipelineSpec
+from avrep.tasks.base import Task
+from data_pipelines.spec import FEATURE_MODALITIES, PipelineSpec, feature_field
 
 FAMILIES = {"mdvae": MDVAE, "dsae": DSAE, "jointmvae": JointMVAE}
 FEATURES = ("vq", "raw")
 SCALINGS = ("none", "standardize", "modality")
-STATS = "feature_stats"  # variable collection of the per-dimension input statistics (feature_scaling)
+STATS = "feature_stats"  # variable collection of the per-dimension input statistics (features.scaling)
 
 
 def raw_features(batch, audio_cfg) -> tuple[jax.Array, jax.Array]:
@@ -50,16 +50,19 @@ class SequenceVAETask(Task):
     def __init__(self, config):
         super().__init__(config)
         self.family = str(config["task"])
-        self.feature_kind = str(config.get("features", "vq"))
+        features = config.get("features", {})
+        self.feature_kind = str(features.get("kind", "vq"))
         if self.feature_kind not in FEATURES:
-            raise ValueError(f"config key features must be one of {FEATURES}, got {self.feature_kind!r}")
-        self._module = module_from_config(FAMILIES[self.family], dict(config["model"]),
-                                          f"{self.family} config (config key model)")
+            raise ValueError(f"config key features.kind must be one of {FEATURES}, got {self.feature_kind!r}")
+        self._module = module_from_config(
+            FAMILIES[self.family], dict(config["model"]), f"{self.family} config (config key model)"
+        )
         loss_cfg = config["loss"]
         self.normalization = str(loss_cfg["normalization"])
         if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"config key loss.normalization must be one of {NORMALIZATIONS}, "
-                             f"got {self.normalization!r}")
+            raise ValueError(
+                f"config key loss.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
+            )
         self.kl_warmup_steps = int(loss_cfg["kl_warmup_steps"])
         self.likelihood = str(loss_cfg.get("likelihood", "unit"))
         try:
@@ -70,10 +73,18 @@ class SequenceVAETask(Task):
         # Loaded here, not inside a traced function: restoring a checkpoint needs concrete arrays.
         self.tokenizers = FrozenTokenizers(config) if self.feature_kind == "vq" else None
         self.cached = self.feature_kind == "vq" and bool(config["data"].get("feature_cache", True))
-        self.scaling = str(config.get("feature_scaling", "none"))
+        self.scaling = str(features.get("scaling", "none"))
         if self.scaling not in SCALINGS:
-            raise ValueError(f"config key feature_scaling must be one of {SCALINGS}, got {self.scaling!r}")
+            raise ValueError(f"config key features.scaling must be one of {SCALINGS}, got {self.scaling!r}")
         self._stats: dict[str, np.ndarray] | None = None  # set by training_source
+
+    @property
+    def display_name(self) -> str:
+        """The paper's row names: VQ-MDVAE, MDVAE (raw), VQ-DSAE-audio, DSAE-visual, VQ-JointMVAE."""
+        prefix = "VQ-" if self.feature_kind == "vq" else ""
+        if self.family == "dsae":
+            return f"{prefix}DSAE-{self._module.modality}"
+        return prefix + {"mdvae": "MDVAE", "jointmvae": "JointMVAE"}[self.family]
 
     @property
     def module(self):
@@ -93,30 +104,30 @@ class SequenceVAETask(Task):
     @property
     def pipeline(self) -> PipelineSpec:
         if self.cached:
-            return self._pipeline_from_config("feature_windows", ("x_audio", "x_visual"))
+            return self._pipeline_from_config("feature_windows", tuple(map(feature_field, FEATURE_MODALITIES)))
         return self._pipeline_from_config("windows", ("audio", "video"))
 
     def training_source(self, source, workdir: str):
         """VQ features with ``data.feature_cache``: the features of every training utterance, computed
         once by process 0 into ``feature_cache_dir`` (<data.feature_cache_dir or workdir/feature_cache>/<split>).
-        With ``feature_scaling: standardize``, also the per-dimension input statistics."""
+        With ``features.scaling: standardize``, also the per-dimension input statistics."""
         if self.cached:
             directory = feature_cache_dir(self.config, workdir, str(self.config["data"]["train_split"]))
-            source = shared_feature_cache(directory, self.tokenizers, source,
-                                          min_frames=self.pipeline.frames_per_example)
+            source = shared_feature_cache(
+                directory, self.tokenizers, source, min_frames=self.pipeline.frames_per_example
+            )
         if self.scaling != "none":
             self._stats = self._feature_stats(source)
         return source
 
     def _feature_stats(self, source, max_utterances: int = 256) -> dict[str, np.ndarray]:
         """Per-dimension mean and std of the inputs over (up to ``max_utterances``) training utterances; with
-        ``feature_scaling: modality`` the std is one number per modality, repeated over its dimensions."""
+        ``features.scaling: modality`` the std is one number per modality, repeated over its dimensions."""
         idx = np.linspace(0, len(source) - 1, min(len(source), max_utterances)).astype(int)
         if isinstance(source, FeatureSource):
-            frames = [(r["x_audio"], r["x_visual"]) for r in (source[i] for i in idx)]
+            frames = [tuple(r[feature_field(m)] for m in FEATURE_MODALITIES) for r in (source[i] for i in idx)]
         else:
-            utts = (utterance_frames(source[i], self.config["audio"], f"{source.description}: record {i}")
-                    for i in idx)
+            utts = (utterance_frames(source[i], self.config["audio"], f"{source.description}: record {i}") for i in idx)
             encoders = {m: jax.jit(f) for m, f in self.frame_encoders().items()}
             frames = [(f["audio"], f["visual"]) for f in iter_utterance_features(encoders, utts)]
         stats = {}
@@ -125,13 +136,13 @@ class SequenceVAETask(Task):
                 x = np.concatenate([f[k] for f in frames]).astype(np.float64)
                 std = x.std(0)
                 if self.scaling == "modality":
-                    std = np.full_like(std, np.sqrt(np.mean(std ** 2)))
+                    std = np.full_like(std, np.sqrt(np.mean(std**2)))
                 stats[f"{m}_mean"] = x.mean(0).astype(np.float32)
                 stats[f"{m}_std"] = np.maximum(std, 1e-3 * std.mean() + 1e-8).astype(np.float32)
         return stats
 
     def scale(self, variables, x: dict[str, jax.Array], inverse: bool = False) -> dict[str, jax.Array]:
-        """Standardised inputs (``feature_scaling``), or back with ``inverse``; identity for "none"."""
+        """Standardised inputs (``features.scaling``), or back with ``inverse``; identity for "none"."""
         if self.scaling == "none":
             return x
         stats = variables[STATS]
@@ -148,12 +159,12 @@ class SequenceVAETask(Task):
         if not self.cached:
             return super().dummy_batch()
         t = self.pipeline.frames_per_example
-        return {f"x_{m}": jnp.zeros((2, t, self.tokenizers.dims[m])) for m in ("audio", "visual")}
+        return {feature_field(m): jnp.zeros((2, t, self.tokenizers.dims[m])) for m in FEATURE_MODALITIES}
 
     def features(self, batch) -> dict[str, jax.Array]:
         """{"audio": [B, T, ·], "visual": [B, T, ·]}: the model's input features of a batch."""
-        if "x_audio" in batch:  # cached
-            return {"audio": batch["x_audio"], "visual": batch["x_visual"]}
+        if feature_field("audio") in batch:  # cached
+            return {m: batch[feature_field(m)] for m in FEATURE_MODALITIES}
         if self.feature_kind == "vq":
             x_a, x_v = self.tokenizers.encode_batch(batch)
         else:
@@ -165,8 +176,10 @@ class SequenceVAETask(Task):
         frames [N, H, W, 3] -> [N, ·] (``iter_utterance_features``)."""
         if self.tokenizers is not None:
             return self.tokenizers.frame_encoders("features")
-        return {"audio": lambda w: jnp.log(audio_frames_to_power(w, self.config["audio"]) + LOG_EPS),
-                "visual": lambda v: video_to_model_range(v).reshape(v.shape[0], -1)}
+        return {
+            "audio": lambda w: jnp.log(audio_frames_to_power(w, self.config["audio"]) + LOG_EPS),
+            "visual": lambda v: video_to_model_range(v).reshape(v.shape[0], -1),
+        }
 
     def decode_frames(self, x_audio: jax.Array, x_visual: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Model outputs [N, ·] (either may be None) -> (power [N, 513], images [N, H, W, 3] in [0, 1])."""
@@ -188,8 +201,11 @@ class SequenceVAETask(Task):
         params_rng, sample_rng = jax.random.split(rng)
         variables = dict(self._module.init({"params": params_rng, "sample": sample_rng}, *self.model_inputs(x)))
         if self.scaling != "none":  # placeholders until training_source has measured them (restores overwrite)
-            stats = self._stats or {f"{m}_{k}": np.full(d, 0.0 if k == "mean" else 1.0, np.float32)
-                                    for m, d in self.dims.items() for k in ("mean", "std")}
+            stats = self._stats or {
+                f"{m}_{k}": np.full(d, 0.0 if k == "mean" else 1.0, np.float32)
+                for m, d in self.dims.items()
+                for k in ("mean", "std")
+            }
             variables[STATS] = {k: jnp.asarray(v) for k, v in stats.items()}
         return variables
 
@@ -201,12 +217,14 @@ class SequenceVAETask(Task):
 
     def loss(self, params, model_state, batch, rng, step):
         x = self.scale(model_state, self.features(batch))
-        out = self._module.apply({"params": params, **self.module_variables(model_state)}, *self.model_inputs(x),
-                                 rngs={"sample": rng})
+        out = self._module.apply(
+            {"params": params, **self.module_variables(model_state)}, *self.model_inputs(x), rngs={"sample": rng}
+        )
         beta = self.kl_weight(step)
         if self.family == "jointmvae":
-            terms = jointmvae_loss(out, x, beta=beta, alpha=self.alpha, normalization=self.normalization,
-                                   likelihood=self.likelihood)
+            terms = jointmvae_loss(
+                out, x, beta=beta, alpha=self.alpha, normalization=self.normalization, likelihood=self.likelihood
+            )
         else:
             terms = mdvae_loss(out, x, beta=beta, normalization=self.normalization, likelihood=self.likelihood)
         loss = terms.pop("loss")

@@ -1,15 +1,15 @@
 """Training task for the audio and visual VQ-VAE tokenizers (frame-wise, random single frames)."""
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from avrep import audio as audio_lib
+from avrep.features.inputs import audio_frames_to_power, video_to_model_range
 from avrep.models.vqvae import build_vqvae
 from avrep.nn.losses import itakura_saito_from_log, mse, ssim
-from avrep.training.features import audio_frames_to_power, video_to_model_range
-from avrep.training.tasks.base import Task
-from data_pipelines.pipelines import PipelineSpec
+from avrep.tasks.base import Task
+from data_pipelines.spec import PipelineSpec
 
 
 def augment_images(x: jax.Array, rng: jax.Array, hflip: bool, color_jitter: float) -> jax.Array:
@@ -34,15 +34,21 @@ class VQVAETask(Task):
         self.modality = str(config["model"]["modality"])
         if self.modality not in ("audio", "visual"):
             raise ValueError(f"config key model.modality must be 'audio' or 'visual', got {self.modality!r}")
-        model_cfg = dict(config["model"])
-        self.recon_loss = str(model_cfg.pop("recon_loss", "itakura_saito" if self.modality == "audio" else "mse"))
+        loss = config.get("loss", {})
+        self.recon_loss = str(loss.get("recon_loss", "itakura_saito" if self.modality == "audio" else "mse"))
         if self.recon_loss not in ("itakura_saito", "mse"):
-            raise ValueError(f"config key model.recon_loss must be 'itakura_saito' or 'mse', got {self.recon_loss!r}")
+            raise ValueError(f"config key loss.recon_loss must be 'itakura_saito' or 'mse', got {self.recon_loss!r}")
         # Our option (the papers: MSE alone): + ssim_weight * (1 - SSIM), SSIM as the evaluation computes it.
-        self.ssim_weight = float(model_cfg.pop("ssim_weight", 0.0))
+        self.ssim_weight = float(loss.get("ssim_weight", 0.0))
         if self.ssim_weight < 0 or (self.ssim_weight > 0 and self.modality != "visual"):
-            raise ValueError(f"config key model.ssim_weight must be >= 0, and 0 for audio, got {self.ssim_weight}")
-        self._module = build_vqvae(model_cfg)
+            raise ValueError(f"config key loss.ssim_weight must be >= 0, and 0 for audio, got {self.ssim_weight}")
+        self._module = build_vqvae(config["model"])
+
+    @property
+    def display_name(self) -> str:
+        """VQ-VAE-audio / VQ-VAE-visual for the default run names, else the run's name."""
+        name = str(self.config.get("name", "vqvae"))
+        return f"VQ-VAE-{self.modality}" if name == f"vqvae_{self.modality}" else name
 
     @property
     def module(self):
@@ -67,15 +73,20 @@ class VQVAETask(Task):
         if self.modality == "visual":
             aug = self.config["data"].get("augment", {})
             x = augment_images(x, augment_rng, bool(aug.get("hflip", False)), float(aug.get("color_jitter", 0.0)))
-        out, new_state = self._module.apply({"params": params, **model_state}, x, train=True,
-                                            mutable=list(model_state), rngs={"vq": vq_rng})
+        out, new_state = self._module.apply(
+            {"params": params, **model_state}, x, train=True, mutable=list(model_state), rngs={"vq": vq_rng}
+        )
         if self.recon_loss == "itakura_saito":
             recon = itakura_saito_from_log(x, out["log_recon"])
         else:
             recon = mse(x, out["recon"])
         loss = recon + out["commitment_loss"]
-        metrics = {"recon_loss": recon, "commitment_loss": out["commitment_loss"],
-                   "perplexity": out["perplexity"], "codebook_usage": out["usage"]}
+        metrics = {
+            "recon_loss": recon,
+            "commitment_loss": out["commitment_loss"],
+            "perplexity": out["perplexity"],
+            "codebook_usage": out["usage"],
+        }
         if self.ssim_weight > 0:  # images in [-0.5, 0.5]; SSIM's luminance term wants [0, 1]
             similarity = jnp.mean(ssim(x + 0.5, out["recon"] + 0.5))
             loss = loss + self.ssim_weight * (1.0 - similarity)

@@ -1,13 +1,13 @@
-"""Training tasks for the masked autoencoders over VQ tokens (spec/vqmae.md).
+"""Training tasks for the masked autoencoders over VQ tokens ([Sadok-thesis] Ch. 5 and App. C).
 
 ``task: vqmae``: masked pre-training of VQ-MAE-AV (``model.kind: av``), VQ-MAE-S (``audio``, the
 audio-only model with a [CLS] token) or VQ-MAE-V (``visual``) on the frozen tokenizers' index grids.
-``task: vqmae_finetune``: speech emotion recognition from a pre-trained encoder (``pretrained``: its run
-directory; empty = the same architecture from scratch, the "no pre-training" row of Table 5.2) on one
+``task: vqmae_finetune``: speech emotion recognition from a pre-trained encoder (``finetune.pretrained``: its run
+directory; empty = the same architecture from scratch, the "no pre-training" row of [Sadok-thesis] Table 5.2) on one
 fold of a speaker-independent k-fold cross-validation.
 
 Inputs. The frozen VQ-VAEs are frame-wise, so the index grids of every utterance are computed once into
-a cache per split (``avrep.training.features.build_feature_cache`` with ``outputs="indices"``; audio
+a cache per split (``avrep.features.cache.build_feature_cache`` with ``outputs="indices"``; audio
 [2n, 64] at 50 Hz beside video [n, 24, 24] at 25 fps) and training reads random windows of
 ``data.frames_per_example`` video frames (and twice as many audio frames) from it. An utterance shorter
 than one token window (``visual_patch_time`` frames) is skipped and listed in the cache index; a longer
@@ -20,6 +20,7 @@ i, group i is the test set, ``finetune.validation_speakers`` of the other speake
 shuffled order) are the validation set used for model selection, and the rest are trained on. The
 assignment is written to ``<workdir>/fold.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,19 +32,33 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from avrep import runs
+from avrep.features.cache import FeatureSource, SourceView, feature_cache_dir, shared_feature_cache
+from avrep.features.tokenizers import FrozenTokenizers
 from avrep.models.config import module_from_config
-from avrep.models.vqmae import (VQMAEAV, VQMAES, VQMAEV, VQMAEClassifier, asymmetric_loss, masked_accuracy,
-                                vqmae_loss)
-from avrep.training.features import (FeatureSource, FrozenTokenizers, SourceView, feature_cache_dir,
-                                     shared_feature_cache)
-from avrep.training.tasks.base import Task
-from data_pipelines.pipelines import DataError, PipelineSpec, open_source
+from avrep.models.vqmae import VQMAEAV, VQMAES, VQMAEV, VQMAEClassifier, masked_accuracy, vqmae_loss
+from avrep.nn.losses import asymmetric_loss
+from avrep.tasks.base import Task
+from data_pipelines.sources import open_source
+from data_pipelines.spec import DataError, PipelineSpec, feature_field
 
 MODELS = {"av": VQMAEAV, "audio": VQMAES, "visual": VQMAEV}
+KIND_NAMES = {"av": "VQ-MAE-AV", "audio": "VQ-MAE-A", "visual": "VQ-MAE-V"}
 # Fields that fix the token layout: a fine-tuned encoder must see tokens laid out as in pre-training.
-LAYOUT_FIELDS = ("audio_bins", "visual_height", "visual_width", "audio_patch_time", "audio_patch_freq",
-                 "visual_patch_time", "visual_patch_size", "audio_codes", "audio_code_dim", "visual_codes",
-                 "visual_code_dim", "width")
+LAYOUT_FIELDS = (
+    "audio_bins",
+    "visual_height",
+    "visual_width",
+    "audio_patch_time",
+    "audio_patch_freq",
+    "visual_patch_time",
+    "visual_patch_size",
+    "audio_codes",
+    "audio_code_dim",
+    "visual_codes",
+    "visual_code_dim",
+    "width",
+)
 FOLD_FILE = "fold.json"
 
 
@@ -51,8 +66,10 @@ def audio_rate(config) -> int:
     """Audio frames per video frame (2 in the VQ-MAE setting: hop 320 at 16 kHz = 50 Hz, video 25 fps)."""
     rate = int(config["audio"]["sample_rate"]) / int(config["audio"]["hop"]) / int(config["data"]["fps"])
     if abs(rate - round(rate)) > 1e-6 or round(rate) < 1:
-        raise ValueError(f"config keys audio.sample_rate / audio.hop / data.fps give {rate:.3f} audio frames per "
-                         f"video frame; VQ-MAE needs a whole number (hop 320 at 16 kHz with 25 fps gives 2)")
+        raise ValueError(
+            f"config keys audio.sample_rate / audio.hop / data.fps give {rate:.3f} audio frames per "
+            f"video frame; VQ-MAE needs a whole number (hop 320 at 16 kHz with 25 fps gives 2)"
+        )
     return int(round(rate))
 
 
@@ -87,41 +104,64 @@ class _IndexInputs(Task):
         for m in self.inputs:
             grid = self.tokenizers.latent_shapes[m][:-1]  # [positions..., channels] -> positions
             if tuple(grid) != expected[m][1:]:
-                raise ValueError(f"config key tokenizers.{m}: its index grid is {tuple(grid)} per frame, but "
-                                 f"config key model expects {expected[m][1:]} (audio_bins / visual_height, "
-                                 f"visual_width)")
+                raise ValueError(
+                    f"config key tokenizers.{m}: its index grid is {tuple(grid)} per frame, but "
+                    f"config key model expects {expected[m][1:]} (audio_bins / visual_height, "
+                    f"visual_width)"
+                )
             codes = self.tokenizers.num_codes[m]
             if codes != getattr(grid_module, f"{m}_codes"):
-                raise ValueError(f"config key model.{m}_codes={getattr(grid_module, f'{m}_codes')} but the "
-                                 f"{m} tokenizer ({self.tokenizers.paths[m]}) has {codes} codes")
+                raise ValueError(
+                    f"config key model.{m}_codes={getattr(grid_module, f'{m}_codes')} but the "
+                    f"{m} tokenizer ({self.tokenizers.paths[m]}) has {codes} codes"
+                )
             frames_field = f"{m}_frames"
             if expected[m][0] > getattr(grid_module, frames_field):
-                raise ValueError(f"config key data.frames_per_example={t} needs model.{frames_field} >= "
-                                 f"{expected[m][0]}, got {getattr(grid_module, frames_field)}")
+                raise ValueError(
+                    f"config key data.frames_per_example={t} needs model.{frames_field} >= "
+                    f"{expected[m][0]}, got {getattr(grid_module, frames_field)}"
+                )
         self._shapes = expected
+
+    @property
+    def display_name(self) -> str:
+        """VQ-MAE-AV (SAF-SAF), VQ-MAE-A, VQ-MAE-V."""
+        model_cfg = self.config["model"]
+        name = KIND_NAMES[self.kind]
+        if self.kind == "av":
+            name += (
+                f" ({model_cfg.get('encoder_fusion', 'caf').upper()}-{model_cfg.get('decoder_fusion', 'caf').upper()})"
+            )
+        return name
 
     @property
     def inputs(self) -> tuple[str, ...]:
         return {"av": ("audio", "visual"), "audio": ("audio",), "visual": ("visual",)}[self.kind]
 
     def _spec(self, labels: tuple[str, ...] = ()) -> PipelineSpec:
-        return self._pipeline_from_config("feature_windows", tuple(f"x_{m}" for m in self.inputs), labels=labels,
-                                          wrap_short=True)
+        return self._pipeline_from_config(
+            "feature_windows", tuple(map(feature_field, self.inputs)), labels=labels, wrap_short=True
+        )
 
     def index_cache(self, workdir: str, split: str, source=None) -> FeatureSource:
         """The index grids of every utterance of ``split`` (built once, shared by process 0)."""
         d = self.config["data"]
         if source is None:
             source = open_source(str(d["name"]), split, str(d["data_dir"]))
-        return shared_feature_cache(feature_cache_dir(self.config, workdir, split), self.tokenizers, source,
-                                    min_frames=self.min_frames, outputs="indices",
-                                    audio_rate=self.rate)
+        return shared_feature_cache(
+            feature_cache_dir(self.config, workdir, split),
+            self.tokenizers,
+            source,
+            min_frames=self.min_frames,
+            outputs="indices",
+            audio_rate=self.rate,
+        )
 
     def dummy_batch(self) -> dict:
-        return {f"x_{m}": np.zeros((2, *self._shapes[m]), np.int16) for m in self.inputs}
+        return {feature_field(m): np.zeros((2, *self._shapes[m]), np.int16) for m in self.inputs}
 
     def model_inputs(self, batch) -> tuple[jax.Array, ...]:
-        return tuple(batch[f"x_{m}"].astype(jnp.int32) for m in self.inputs)
+        return tuple(batch[feature_field(m)].astype(jnp.int32) for m in self.inputs)
 
 
 class VQMAEPretrainTask(_IndexInputs):
@@ -153,8 +193,12 @@ class VQMAEPretrainTask(_IndexInputs):
 
     def loss(self, params, model_state, batch, rng, step):
         out = self._module.apply({"params": params}, *self.model_inputs(batch), rngs={"mask": rng})
-        loss, terms = vqmae_loss(out, temperature=self.temperature, contrastive_weight=self.contrastive_weight,
-                                 modality_weights=self.modality_weights)
+        loss, terms = vqmae_loss(
+            out,
+            temperature=self.temperature,
+            contrastive_weight=self.contrastive_weight,
+            modality_weights=self.modality_weights,
+        )
         metrics = dict(terms)
         for m in self.inputs:
             metrics[f"accuracy_{m}"] = masked_accuracy(out[m])
@@ -170,24 +214,31 @@ class VQMAEPretrainTask(_IndexInputs):
 # ------------------------------------------------------------------------------------------ fine-tuning
 
 
-def fold_assignment(speakers: list[str], num_folds: int, fold: int, validation_speakers: int,
-                    seed: int) -> dict[str, list[str]]:
+def fold_assignment(
+    speakers: list[str], num_folds: int, fold: int, validation_speakers: int, seed: int
+) -> dict[str, list[str]]:
     """{"train", "validation", "test"}: speaker lists of ``fold`` (see the module doc)."""
     unique = sorted(set(speakers))
     if not 2 <= num_folds <= len(unique):
-        raise ValueError(f"config key finetune.num_folds={num_folds}: expected 2 to {len(unique)} (the number of "
-                         f"speakers)")
+        raise ValueError(
+            f"config key finetune.num_folds={num_folds}: expected 2 to {len(unique)} (the number of speakers)"
+        )
     if not 0 <= fold < num_folds:
         raise ValueError(f"config key finetune.fold={fold}: expected 0 to {num_folds - 1}")
     order = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
     groups = np.array_split(np.arange(len(order)), num_folds)
     test = [order[i] for i in groups[fold]]
-    rest = order[groups[fold][-1] + 1:] + order[:groups[fold][0]]  # the speakers after the test group first
+    rest = order[groups[fold][-1] + 1 :] + order[: groups[fold][0]]  # the speakers after the test group first
     if not 0 < validation_speakers < len(rest):
-        raise ValueError(f"config key finetune.validation_speakers={validation_speakers}: expected 1 to "
-                         f"{len(rest) - 1} (fold {fold} leaves {len(rest)} speakers for training and validation)")
-    return {"train": sorted(rest[validation_speakers:]), "validation": sorted(rest[:validation_speakers]),
-            "test": sorted(test)}
+        raise ValueError(
+            f"config key finetune.validation_speakers={validation_speakers}: expected 1 to "
+            f"{len(rest) - 1} (fold {fold} leaves {len(rest)} speakers for training and validation)"
+        )
+    return {
+        "train": sorted(rest[validation_speakers:]),
+        "validation": sorted(rest[:validation_speakers]),
+        "test": sorted(test),
+    }
 
 
 class VQMAEFinetuneTask(_IndexInputs):
@@ -198,39 +249,48 @@ class VQMAEFinetuneTask(_IndexInputs):
     def __init__(self, config):
         super().__init__(config)
         ft = config["finetune"]
-        self.pretrained = str(config.get("pretrained", ""))
+        self.pretrained = str(ft.get("pretrained", ""))
         kind, fields = model_fields(config["model"])
         if self.pretrained and (os.path.isdir(self.pretrained) or not fields):
             kind, fields = self._pretrained_model(config, kind, fields)
         self.backbone = build_model(kind, fields, "vqmae_finetune config (config key model)")
         self.num_classes = int(ft["num_classes"])
         self._module = module_from_config(
-            VQMAEClassifier, dict(backbone=self.backbone, num_classes=self.num_classes,
-                                  pooling=str(ft["pooling"]), **dict(ft.get("head", {}))),
-            "vqmae_finetune config (config keys finetune.pooling, finetune.head)")
+            VQMAEClassifier,
+            dict(
+                backbone=self.backbone,
+                num_classes=self.num_classes,
+                pooling=str(ft["pooling"]),
+                **dict(ft.get("head", {})),
+            ),
+            "vqmae_finetune config (config keys finetune.pooling, finetune.head)",
+        )
         self._setup_inputs(config, kind, self.backbone)
         self.label = str(ft.get("label", "emotion"))
         self.freeze = bool(ft.get("freeze_encoder", False))
         loss = config["loss"]
-        self.asl = dict(gamma_pos=float(loss["gamma_pos"]), gamma_neg=float(loss["gamma_neg"]),
-                        eps=float(loss["label_smoothing"]))
+        self.asl = dict(
+            gamma_pos=float(loss["gamma_pos"]), gamma_neg=float(loss["gamma_neg"]), eps=float(loss["label_smoothing"])
+        )
 
     def _pretrained_model(self, config, kind: str, fields: dict) -> tuple[str, dict]:
         """The pre-training run's model (``config.model`` may only repeat its token layout) and tokenizers;
         both are written into ``config`` so that the fine-tuned checkpoint describes itself."""
-        from avrep.training.checkpointing import read_config
-
-        pre = read_config(self.pretrained)
+        pre = runs.read_config(self.pretrained)
         if pre.get("task") != "vqmae":
-            raise ValueError(f"config key pretrained={self.pretrained} is a {pre.get('task')!r} run; expected "
-                             f"a VQ-MAE pre-training run (task 'vqmae')")
+            raise ValueError(
+                f"config key finetune.pretrained={self.pretrained} is a {pre.get('task')!r} run; expected "
+                f"a VQ-MAE pre-training run (task 'vqmae')"
+            )
         pre_kind, pre_fields = model_fields(pre.model)
         pre_module = build_model(pre_kind, pre_fields, f"pre-training run {self.pretrained} (config key model)")
         changed = sorted(f for f in LAYOUT_FIELDS if f in fields and fields[f] != getattr(pre_module, f, fields[f]))
         if changed or (fields and kind != pre_kind):
-            raise ValueError(f"config key model differs from the pre-training run {self.pretrained} in its token "
-                             f"layout ({changed or 'model.kind'}): the fine-tuned encoder must read tokens laid "
-                             f"out as in pre-training")
+            raise ValueError(
+                f"config key model differs from the pre-training run {self.pretrained} in its token "
+                f"layout ({changed or 'model.kind'}): the fine-tuned encoder must read tokens laid "
+                f"out as in pre-training"
+            )
         fields = {**pre_fields, **fields}
         config["model"] = {"kind": pre_kind, **fields}
         for m in ("audio", "visual"):
@@ -254,20 +314,23 @@ class VQMAEFinetuneTask(_IndexInputs):
         ft = self.config["finetune"]
         speakers = [u.get("speaker") for c in caches for u in c.index["utterances"]]
         if None in speakers:
-            raise DataError(f"{caches[0].description}: speaker-independent folds need a 'speaker' for every "
-                            f"utterance")
-        return fold_assignment(speakers, int(ft["num_folds"]), int(ft["fold"]), int(ft["validation_speakers"]),
-                               int(ft.get("fold_seed", 0)))
+            raise DataError(f"{caches[0].description}: speaker-independent folds need a 'speaker' for every utterance")
+        return fold_assignment(
+            speakers, int(ft["num_folds"]), int(ft["fold"]), int(ft["validation_speakers"]), int(ft.get("fold_seed", 0))
+        )
 
     def fold_source(self, caches: list[FeatureSource], speakers: list[str], description: str) -> SourceView:
         wanted = set(speakers)
-        pairs = [(s, i) for s, c in enumerate(caches) for i, u in enumerate(c.index["utterances"])
-                 if u["speaker"] in wanted]
+        pairs = [
+            (s, i) for s, c in enumerate(caches) for i, u in enumerate(c.index["utterances"]) if u["speaker"] in wanted
+        ]
         for s, i in pairs:
             label = caches[s].index["utterances"][i].get(self.label)
             if label is None or not 0 <= int(label) < self.num_classes:
-                raise DataError(f"{caches[s].description}: utterance {i} has {self.label}={label}; expected "
-                                f"0..{self.num_classes - 1} (config key finetune.num_classes)")
+                raise DataError(
+                    f"{caches[s].description}: utterance {i} has {self.label}={label}; expected "
+                    f"0..{self.num_classes - 1} (config key finetune.num_classes)"
+                )
         return SourceView(caches, pairs, description)
 
     def training_source(self, source, workdir: str):
@@ -287,16 +350,20 @@ class VQMAEFinetuneTask(_IndexInputs):
     def warm_start(self, variables):
         """The pre-trained encoder (and global-token pooling) in place of the freshly initialised ones."""
         if self.pretrained:
-            from avrep.training.checkpointing import load_checkpoint
-
+            pre = runs.read_config(self.pretrained)
+            module = build_model(*model_fields(pre.model), f"pre-training run {self.pretrained} (config key model)")
+            x = self.model_inputs(self.dummy_batch())
+            abstract = jax.eval_shape(lambda k: dict(module.init({"params": k, "mask": k}, *x)), jax.random.key(0))
             params = dict(variables["params"])
             backbone = dict(params["backbone"])
-            for name, tree in load_checkpoint(self.pretrained).variables["params"].items():
+            for name, tree in runs.restore_variables(self.pretrained, abstract)["params"].items():
                 if name in backbone:
                     expected = jax.tree.map(jnp.shape, backbone[name])
                     if jax.tree.map(jnp.shape, tree) != expected:
-                        raise ValueError(f"config key pretrained={self.pretrained}: the shapes of its '{name}' "
-                                         f"parameters differ from this model's (another token layout or size)")
+                        raise ValueError(
+                            f"config key finetune.pretrained={self.pretrained}: the shapes of its '{name}' "
+                            f"parameters differ from this model's (another token layout or size)"
+                        )
                     backbone[name] = tree
             params["backbone"] = backbone
             variables["params"] = params
@@ -309,8 +376,9 @@ class VQMAEFinetuneTask(_IndexInputs):
 
         def labels(params):
             flat = traverse_util.flatten_dict(params)
-            return traverse_util.unflatten_dict({k: "frozen" if k[:2] == ("backbone", "encoder") else "train"
-                                                 for k in flat})
+            return traverse_util.unflatten_dict(
+                {k: "frozen" if k[:2] == ("backbone", "encoder") else "train" for k in flat}
+            )
 
         return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 

@@ -1,4 +1,5 @@
 """The small interface through which the one generic training loop serves every model family."""
+
 from __future__ import annotations
 
 import abc
@@ -8,7 +9,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from data_pipelines.pipelines import AudioFraming, PipelineSpec
+from data_pipelines.spec import AudioFraming, PipelineSpec
 
 Variables = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -39,8 +40,13 @@ class Task(abc.ABC):
         """A ``PipelineSpec`` whose batch shape comes from the config's ``data`` block (``options``: its other
         fields, e.g. ``labels``)."""
         d = self.config["data"]
-        return PipelineSpec(kind=kind, examples_per_batch=int(d["examples_per_batch"]),
-                            frames_per_example=int(d["frames_per_example"]), modalities=modalities, **options)
+        return PipelineSpec(
+            kind=kind,
+            examples_per_batch=int(d["examples_per_batch"]),
+            frames_per_example=int(d["frames_per_example"]),
+            modalities=modalities,
+            **options,
+        )
 
     @property
     def framing(self) -> AudioFraming:
@@ -78,9 +84,15 @@ class Task(abc.ABC):
         """Initial variables (all collections) for a global batch."""
 
     @abc.abstractmethod
-    def loss(self, params: Any, model_state: Variables, batch: Any, rng: jax.Array, step: jax.Array
-             ) -> tuple[jax.Array, tuple[Metrics, Variables]]:
+    def loss(
+        self, params: Any, model_state: Variables, batch: Any, rng: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, tuple[Metrics, Variables]]:
         """Training loss at optimizer step ``step``, its metrics and the updated non-trainable collections."""
+
+    @property
+    def display_name(self) -> str:
+        """The model's name in tables and figures (the papers' row names where they have one)."""
+        return str(self.config.get("name", self.config.get("task")))
 
     def apply_fn(self, variables: Variables, *args, **kwargs):
         """Inference entry point handed to users by ``avrep.load_checkpoint``."""

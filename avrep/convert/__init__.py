@@ -1,0 +1,17 @@
+"""Foreign weights -> avrep variables and runs: PyTorch state_dicts (``state_dict``), the DVAE family's
+released checkpoints (``dvae``), the authors' speech VQ-VAEs (``vqvae``), and whole run directories
+(``importing``: ``import_dvae``, ``import_speech_vqvae``; command line: ``python -m avrep.convert``)."""
+
+
+def import_dvae(*args, **kwargs):
+    """See ``avrep.convert.importing.import_dvae``."""
+    from avrep.convert.importing import import_dvae as _import  # deferred: the converters stay light
+
+    return _import(*args, **kwargs)
+
+
+def import_speech_vqvae(*args, **kwargs):
+    """See ``avrep.convert.importing.import_speech_vqvae``."""
+    from avrep.convert.importing import import_speech_vqvae as _import
+
+    return _import(*args, **kwargs)

@@ -1,0 +1,1 @@
+"""Model inputs from data: featurisation, the frozen tokenizers and their caches."""

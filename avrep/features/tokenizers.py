@@ -1,0 +1,147 @@
+"""The frozen VQ-VAE tokenizers that VQ-MDVAE (stage 2) and VQ-MAE read, named by ``config.tokenizers``.
+
+Stage 2 models consume the tokenizers' pre-quantisation encoder outputs, flattened per frame in the authors'
+(PyTorch, channel-major) order: audio [513] power -> z_e [64, 8] -> [8 * 64 = 512]; video [64, 64, 3] ->
+z_e [8, 8, 32] -> [2048]. Decoding goes back the same way: unflatten, quantise with the frozen codebook,
+run the frozen decoder. VQ-MAE reads their index grids.
+
+Building a task reads only the tokenizers' configs (shapes, codebook sizes); their variables are restored on
+first use and kept for the process (``restored_variables``), so an evaluation that builds several tasks on
+the same tokenizers restores each once.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avrep import runs
+from avrep.features.inputs import audio_frames_to_power, channel_major, from_channel_major, video_to_model_range
+from avrep.models.vqvae import build_vqvae
+
+MODALITIES = ("audio", "visual")
+CACHE_OUTPUTS = ("features", "indices")
+_RESTORED: collections.OrderedDict = collections.OrderedDict()  # (path, step, stamp) -> variables
+_MAX_RESTORED = 8
+
+
+def restored_variables(path: str, step: int, abstract) -> dict:
+    """A run's variables at ``step``, restored once per process (kept for the 8 most recent checkpoints; a
+    checkpoint rewritten in place has another modification time and is restored again)."""
+    stamp = os.path.getmtime(os.path.join(runs.resolve_checkpoint(path)[0], str(step)))
+    key = (os.path.realpath(path), step, stamp)
+    if key not in _RESTORED:
+        with jax.ensure_compile_time_eval():  # first use may be inside a traced function: restore concretely
+            _RESTORED[key] = runs.restore_variables(path, abstract, step)
+        while len(_RESTORED) > _MAX_RESTORED:
+            _RESTORED.popitem(last=False)
+    _RESTORED.move_to_end(key)
+    return _RESTORED[key]
+
+
+class FrozenTokenizers:
+    """The trained audio and visual VQ-VAEs named by ``config.tokenizers`` (run directories)."""
+
+    def __init__(self, config: Mapping):
+        self.audio_cfg = config["audio"]
+        self.paths, self.steps, self.configs, self.modules = {}, {}, {}, {}
+        size = int(config["data"]["image_size"])
+        inputs = {"audio": (1, int(self.audio_cfg["n_fft"]) // 2 + 1), "visual": (1, size, size, 3)}
+        self._abstract, self.latent_shapes = {}, {}
+        for modality in MODALITIES:
+            path = str(config["tokenizers"][modality])
+            if not path:
+                raise ValueError(
+                    f"config key tokenizers.{modality} is empty: expected the run directory of a "
+                    f"trained {modality} VQ-VAE (e.g. W/vqvae_{modality})"
+                )
+            tokenizer_config = runs.read_config(path)
+            if tokenizer_config.get("task") != "vqvae" or tokenizer_config.model.get("modality") != modality:
+                raise ValueError(
+                    f"config key tokenizers.{modality}={path} is a "
+                    f"{tokenizer_config.get('task')}/{tokenizer_config.model.get('modality')} run; "
+                    f"expected a {modality} VQ-VAE"
+                )
+            # Resolved: a run reached through a symlinked directory is the same tokenizer (same cache key).
+            self.paths[modality] = os.path.realpath(path)
+            self.steps[modality] = runs.resolve_checkpoint(path)[1]
+            self.configs[modality] = tokenizer_config
+            module = self.modules[modality] = build_vqvae(tokenizer_config.model)
+            x = jax.ShapeDtypeStruct(inputs[modality], jnp.float32)
+            self._abstract[modality] = jax.eval_shape(
+                lambda x, module=module: dict(module.init({"params": jax.random.key(0)}, x, train=False)), x
+            )
+            z_e = jax.eval_shape(
+                lambda v, x, module=module: module.apply(v, x, method="encode"), self._abstract[modality], x
+            )
+            self.latent_shapes[modality] = tuple(z_e.shape[1:])
+        self.dims = {m: int(np.prod(s)) for m, s in self.latent_shapes.items()}
+        self.num_codes = {m: int(self.configs[m].model.num_codes) for m in MODALITIES}
+
+    def variables(self, modality: str) -> dict:
+        """The tokenizer's variables, restored on first use (once per process, see ``restored_variables``)."""
+        return restored_variables(self.paths[modality], self.steps[modality], self._abstract[modality])
+
+    def _apply(self, modality: str, *args, **kwargs):
+        return self.modules[modality].apply(self.variables(modality), *args, **kwargs)
+
+    def fingerprint(self) -> dict:
+        return {m: {"path": self.paths[m], "step": self.steps[m]} for m in MODALITIES}
+
+    def encode(self, power: jax.Array, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """power [N, 513], images [N, H, W, 3] in [-0.5, 0.5] -> features [N, 512], [N, 2048] (no gradient)."""
+        return self._features("audio", power), self._features("visual", images)
+
+    def _indices(self, modality: str, x: jax.Array) -> jax.Array:
+        """Model inputs [N, ...] -> VQ indices [N, *grid] (int16: the codebooks hold at most 32767 codes)."""
+        _, indices = self._apply(modality, self._apply(modality, x, method="encode"), method="quantize")
+        return indices.astype(jnp.int16)
+
+    def frame_encoders(self, outputs: str = "features") -> dict[str, Callable]:
+        """Per-modality frame-wise encoders (to jit): audio windows [N, n_fft] / uint8 frames [N, H, W, 3] ->
+        flattened features [N, ·] (``outputs="features"``, stage-2 inputs) or index grids (``"indices"``:
+        audio [N, 64], visual [N, 24, 24] in the VQ-MAE setting)."""
+        if outputs not in CACHE_OUTPUTS:
+            raise ValueError(f"frame_encoders: outputs must be one of {CACHE_OUTPUTS}, got {outputs!r}")
+        power = lambda w: audio_frames_to_power(w, self.audio_cfg)  # noqa: E731
+        if outputs == "indices":
+            return {
+                "audio": lambda w: self._indices("audio", power(w)),
+                "visual": lambda v: self._indices("visual", video_to_model_range(v)),
+            }
+        return {
+            "audio": lambda w: self._features("audio", power(w)),
+            "visual": lambda v: self._features("visual", video_to_model_range(v)),
+        }
+
+    def _features(self, modality: str, x: jax.Array) -> jax.Array:
+        """Model inputs [N, ...] -> flattened channel-major pre-quantisation outputs [N, ·] (no gradient)."""
+        return jax.lax.stop_gradient(channel_major(self._apply(modality, x, method="encode")))
+
+    def decode(self, x_audio: jax.Array, x_visual: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Features [N, 512], [N, 2048] (either may be None) -> quantised with the frozen codebooks and
+        decoded: (power [N, 513], images [N, H, W, 3] in [-0.5, 0.5])."""
+        out = []
+        for modality, x in (("audio", x_audio), ("visual", x_visual)):
+            if x is None:  # a unimodal model (DSAE)
+                out.append(None)
+                continue
+            z_q, _ = self._apply(modality, from_channel_major(x, self.latent_shapes[modality]), method="quantize")
+            out.append(self._apply(modality, z_q, method="decode")["recon"])
+        return tuple(out)
+
+    def decode_indices(self, modality: str, indices: jax.Array) -> jax.Array:
+        """Index grids [N, *grid] -> the frozen decoder's output: power [N, 513] or images in [-0.5, 0.5]."""
+        return self._apply(modality, indices.astype(jnp.int32), method="decode_indices")["recon"]
+
+    def encode_batch(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """A window batch {"audio": [B, samples], "video": [B, T, H, W, 3]} -> features [B, T, ·]."""
+        b, t = batch["video"].shape[:2]
+        power = audio_frames_to_power(batch["audio"], self.audio_cfg)  # [B*T, 513]
+        x_a, x_v = self.encode(power, video_to_model_range(batch["video"]))
+        return x_a.reshape(b, t, -1), x_v.reshape(b, t, -1)
