@@ -50,9 +50,8 @@ def _device() -> str:
 def _random_batch(task, rng):
     spec, framing = task.pipeline, task.framing
     e, k = spec.examples_per_batch, spec.frames_per_example
-    if spec.kind != "frames":  # windows: the shapes of the task's own dummy batch, e examples
-        shapes = {key: (e, *like.shape[1:]) for key, like in task.dummy_batch().items()}
-        return {key: (0.1 * rng.standard_normal(shape)).astype(np.float32) for key, shape in shapes.items()}
+    if spec.kind != "frames":  # windows: waveforms of the task's own dummy-batch shapes
+        return _random_like_dummy_batch(task, rng, scale=0.1)
     batch = {}
     if "audio" in spec.modalities:
         batch["audio"] = (0.1 * rng.standard_normal((e, k, framing.n_fft))).astype(np.float32)
@@ -162,8 +161,9 @@ def _random_tokenizers(config, root: str) -> None:
         config.tokenizers[modality] = run
 
 
-def _random_cached_batch(task, rng) -> dict:
-    """A batch of the task's cached-feature pipeline: stage-2 features or VQ-MAE index grids."""
+def _random_like_dummy_batch(task, rng, scale: float = 1.0) -> dict:
+    """A random batch of the shapes of the task's dummy batch with ``examples_per_batch`` examples: floats
+    N(0, scale²) (waveforms, stage-2 features), integers uniform over the codebook (VQ-MAE index grids)."""
     batch = {}
     for key, like in task.dummy_batch().items():
         shape = (task.pipeline.examples_per_batch, *like.shape[1:])
@@ -172,7 +172,7 @@ def _random_cached_batch(task, rng) -> dict:
             codes = getattr(module, f"{key.split('_', 1)[1]}_codes")
             batch[key] = rng.integers(0, codes, shape).astype(like.dtype)
         else:
-            batch[key] = rng.standard_normal(shape).astype(np.float32)
+            batch[key] = (scale * rng.standard_normal(shape)).astype(np.float32)
     return batch
 
 
@@ -189,7 +189,7 @@ def bench_cached_task_step(name, config, steps, unit, tokenizer_root, **extra):
     tx = task.optimizer(tx)
     state = loop.create_state(task, tx, mesh, jax.random.key(0))
     step = loop.compile_train_step(task, tx, schedule, mesh, state)
-    batch = mesh_lib.global_batch(_random_cached_batch(task, np.random.default_rng(0)), mesh)
+    batch = mesh_lib.global_batch(_random_like_dummy_batch(task, np.random.default_rng(0)), mesh)
     rng = jax.random.key(1)
     with batched_attention():
         counted = loop.compile_train_step(task, tx, schedule, mesh, state).lower(state, batch, rng).compile()

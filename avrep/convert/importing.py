@@ -44,9 +44,7 @@ AUDIO = {
     "vqmae": dict(sample_rate=16000, n_fft=1024, hop=320, window="hann", pad_mode="constant"),  # VQ-MAE-S
     "mdvae": dict(sample_rate=16000, n_fft=1024, hop=533, window="hann", pad_mode="constant"),  # code-mdvae
 }
-# The speech VQ-VAE settings (avrep's configs/common.py names): face size and frame rate of the matching
-# audiovisual setting, kept so the data block has the schema of configs/vqvae_audio.py.
-VQVAE_SETTINGS = {"vqmae": dict(image_size=96, fps=25), "mdvae": dict(image_size=64, fps=30)}
+VQVAE_SETTINGS = ("vqmae", "mdvae")  # the speech VQ-VAEs' STFTs (configs/vqvae_audio.py's settings)
 FAMILIES = {"dvae": "a DVAE-family model (VAE, DKF, STORN, VRNN, SRNN, RVAE, DSAE)", "vqvae": "a speech VQ-VAE"}
 
 
@@ -86,23 +84,6 @@ def _read(weights, family: str) -> dict:
     return sd
 
 
-def _blocks(
-    task: str, name: str, data: dict, audio: dict, model: dict, loss: dict, optimizer: dict, train: dict
-) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.name, c.task = name, task
-    c.data = ml_collections.ConfigDict(data)
-    c.audio = ml_collections.ConfigDict(audio)
-    c.model = ml_collections.ConfigDict(model)
-    c.loss = ml_collections.ConfigDict(loss)
-    c.optimizer = ml_collections.ConfigDict(optimizer)
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))
-    c.train = ml_collections.ConfigDict(train)
-    c.debug = ml_collections.ConfigDict(dict(log_batch_digest=False, simulate_preemption_at_step=-1))
-    return c
-
-
 def dvae_config(
     model: Mapping[str, Any], *, name: str, beta: float = 1.0, data_name: str = DATASET, data_dir: str = ""
 ) -> ml_collections.ConfigDict:
@@ -112,24 +93,15 @@ def dvae_config(
     setting = {257: "dvae", 513: "dvae_se"}.get(bins)
     if setting is None:
         raise ValueError(f"x_dim={bins} bins: neither the DVAE benchmark's STFT (257 bins) nor DVAE_SE's (513)")
-    data = dict(
-        name=data_name,
-        data_dir=data_dir,
-        train_split="train",
-        validation_split="validation",
-        eval_split="test",
-        examples_per_batch=32,
-        frames_per_example=50,
-        validation_batches=8,
-        cache_mb=1024,
-    )
-    # configs/dvae.py's training schedule, for fine-tuning an imported model.
-    loss = dict(beta=float(beta), kl_warmup_delay=100, kl_warmup_steps=400, ss_start=300, ss_end=1200, ss_max=1.0)
-    optimizer = dict(name="adam", learning_rate=2e-3, schedule="constant")
-    train = dict(
-        num_steps=1500, log_every=50, checkpoint_every=100, max_checkpoints_to_keep=6, early_stopping_patience=5
-    )
-    return _blocks("dvae", name, data, AUDIO[setting], dict(model), loss, optimizer, train)
+    from configs import dvae  # deferred: the family's config file gives the schema and schedule
+
+    c = dvae.get_config()
+    c.name = name
+    c.model = ml_collections.ConfigDict(dict(model))
+    c.audio = ml_collections.ConfigDict(AUDIO[setting])
+    c.loss.beta = float(beta)
+    c.data.update(name=data_name, data_dir=data_dir)
+    return c
 
 
 def speech_vqvae_config(
@@ -138,22 +110,15 @@ def speech_vqvae_config(
     """A run config in the schema of ``configs/vqvae_audio.py`` for the audio VQ-VAE ``model``; ``setting``:
     ``"vqmae"`` (VQ-MAE-S's STFT, hop 320) or ``"mdvae"`` (code-mdvae's, hop 533)."""
     if setting not in VQVAE_SETTINGS:
-        raise ValueError(f"speech VQ-VAE preset {setting!r}: expected one of {sorted(VQVAE_SETTINGS)}")
-    data = dict(
-        name=data_name,
-        data_dir=data_dir,
-        train_split="train",
-        eval_split="test",
-        **VQVAE_SETTINGS[setting],
-        cache_mb=2048,
-        examples_per_batch=16,
-        frames_per_example=4,
-    )
-    # configs/vqvae_audio.py's training schedule, for fine-tuning an imported model.
-    optimizer = dict(name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=50, final_fraction=0.05)
-    train = dict(num_steps=8000, log_every=50, checkpoint_every=2000, max_checkpoints_to_keep=2)
-    loss = dict(recon_loss="itakura_saito")
-    return _blocks("vqvae", name, data, AUDIO[setting], dict(model), loss, optimizer, train)
+        raise ValueError(f"speech VQ-VAE preset {setting!r}: expected one of {VQVAE_SETTINGS}")
+    from configs import vqvae_audio  # deferred: the family's config file gives the schema and schedule
+
+    c = vqvae_audio.get_config("vqmae" if setting == "vqmae" else None)
+    c.name = name
+    c.model = ml_collections.ConfigDict(dict(model))
+    c.audio = ml_collections.ConfigDict(AUDIO[setting])
+    c.data.update(name=data_name, data_dir=data_dir)
+    return c
 
 
 def _write(out, config: ml_collections.ConfigDict, variables: dict) -> str:

@@ -56,7 +56,7 @@ from typing import Any
 
 from avrep.models.config import module_from_config
 from avrep.models.dvae.autoregressive import SRNN, STORN, VRNN
-from avrep.models.dvae.base import LIKELIHOODS, MLP, DVAEBase, dvae_loss
+from avrep.models.dvae.base import LIKELIHOODS, DVAEBase, LinearStack, dvae_loss
 from avrep.models.dvae.non_autoregressive import DKF, DSAE, RVAE, VAE
 
 MODELS = {m.__name__: m for m in (VAE, DKF, STORN, VRNN, SRNN, RVAE, DSAE)}
@@ -203,7 +203,7 @@ __all__ = [
     "DSAE",
     "DVAEBase",
     "LIKELIHOODS",
-    "MLP",
+    "LinearStack",
     "MODELS",
     "PRESETS",
     "RVAE",

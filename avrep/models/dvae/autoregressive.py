@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from avrep.models.config import check_choice
-from avrep.models.dvae.base import MLP, SAMPLE_RNG, DVAEBase, cat, dense, out_dim, reparameterize, shift_right
+from avrep.models.dvae.base import SAMPLE_RNG, DVAEBase, LinearStack, cat, dense, out_dim, reparameterize, shift_right
 from avrep.nn import recurrent
 from avrep.nn.recurrent import LSTM
 
@@ -50,16 +50,16 @@ class STORN(DVAEBase):
 
     def setup(self):
         act = self.activation
-        self.mlp_x_g = MLP(self.dense_x_g, act)
+        self.mlp_x_g = LinearStack(self.dense_x_g, act)
         self.rnn_g = LSTM(out_dim(self.x_dim, self.dense_x_g), self.dim_rnn_g)
-        self.mlp_g_z = MLP(self.dense_g_z, act)
+        self.mlp_g_z = LinearStack(self.dense_g_z, act)
         self.inf_mean = dense(self.z_dim)
         self.inf_logvar = dense(self.z_dim)
-        self.mlp_z_h = MLP(self.dense_z_h, act)
-        self.mlp_xtm1_h = MLP(self.dense_xtm1_h, act)
+        self.mlp_z_h = LinearStack(self.dense_z_h, act)
+        self.mlp_xtm1_h = LinearStack(self.dense_xtm1_h, act)
         h_in = out_dim(self.z_dim, self.dense_z_h) + out_dim(self.x_dim, self.dense_xtm1_h)
         self.rnn_h = LSTM(h_in, self.dim_rnn_h)
-        self.mlp_h_x = MLP(self.dense_h_x, act)
+        self.mlp_h_x = LinearStack(self.dense_h_x, act)
         self.gen_logvar = dense(self.x_dim)
 
     def __call__(self, x, *, sample: bool = True, eps=None):
@@ -108,15 +108,15 @@ class VRNN(DVAEBase):
 
     def setup(self):
         act = self.activation
-        self.feature_extractor_x = MLP(self.dense_x, act)
-        self.feature_extractor_z = MLP(self.dense_z, act)
-        self.mlp_hx_z = MLP(self.dense_hx_z, act)
+        self.feature_extractor_x = LinearStack(self.dense_x, act)
+        self.feature_extractor_z = LinearStack(self.dense_z, act)
+        self.mlp_hx_z = LinearStack(self.dense_hx_z, act)
         self.inf_mean = dense(self.z_dim)
         self.inf_logvar = dense(self.z_dim)
-        self.mlp_h_z = MLP(self.dense_h_z, act)
+        self.mlp_h_z = LinearStack(self.dense_h_z, act)
         self.prior_mean = dense(self.z_dim)
         self.prior_logvar = dense(self.z_dim)
-        self.mlp_hz_x = MLP(self.dense_hz_x, act)
+        self.mlp_hz_x = LinearStack(self.dense_hz_x, act)
         self.gen_logvar = dense(self.x_dim)
         rnn_in = out_dim(self.x_dim, self.dense_x) + out_dim(self.z_dim, self.dense_z)
         self.rnn = LSTM(rnn_in, self.dim_rnn)
@@ -168,7 +168,7 @@ class VRNN(DVAEBase):
 INFERENCES = ("backward_rnn", "causal")
 OUTPUTS = ("log_var", "gaussian")
 NAMINGS = ("dvae", "mixdvae")
-# MixDVAE's names for the heads (``naming="mixdvae"``); its MLP layers are ``linear_0``, ``linear_1``, ...
+# MixDVAE's names for the heads (``naming="mixdvae"``); its LinearStack layers are ``linear_0``, ``linear_1``, ...
 _MIXDVAE_NAMES = {
     "inf_mean": "inf_z_mean",
     "inf_logvar": "inf_z_logvar",
@@ -237,18 +237,18 @@ class SRNN(DVAEBase):
         mix = self.naming == "mixdvae"
         names = _MIXDVAE_NAMES if mix else {}
         sep = "_" if mix else ""
-        self.mlp_x_h = MLP(self.dense_x_h, act, sep=sep)
+        self.mlp_x_h = LinearStack(self.dense_x_h, act, sep=sep)
         self.rnn_h = LSTM(out_dim(self.x_dim, self.dense_x_h), self.dim_rnn_h)
         if self.inference == "backward_rnn":
-            self.mlp_hx_g = MLP(self.dense_hx_g, act, sep=sep)
+            self.mlp_hx_g = LinearStack(self.dense_hx_g, act, sep=sep)
             self.rnn_g = LSTM(out_dim(self.dim_rnn_h + self.x_dim, self.dense_hx_g), self.dim_rnn_g, reverse=True)
-        self.mlp_gz_z = MLP(self.dense_gz_z, act, sep=sep)
+        self.mlp_gz_z = LinearStack(self.dense_gz_z, act, sep=sep)
         self.inf_mean = dense(self.z_dim, names.get("inf_mean"))
         self.inf_logvar = dense(self.z_dim, names.get("inf_logvar"))
-        self.mlp_hz_z = MLP(self.dense_hz_z, act, sep=sep)
+        self.mlp_hz_z = LinearStack(self.dense_hz_z, act, sep=sep)
         self.prior_mean = dense(self.z_dim, names.get("prior_mean"))
         self.prior_logvar = dense(self.z_dim, names.get("prior_logvar"))
-        self.mlp_hz_x = MLP(self.dense_hz_x, act, sep=sep)
+        self.mlp_hz_x = LinearStack(self.dense_hz_x, act, sep=sep)
         if self.output == "gaussian":
             self.gen_mean = dense(self.x_dim, names.get("gen_mean"))
             self.gen_logvar = dense(self.x_dim, "gen_x_logvar" if mix else None)

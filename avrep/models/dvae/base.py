@@ -32,7 +32,7 @@ def dense(features: int, name: str | None = None) -> nn.Dense:
     return nn.Dense(features, kernel_init=TORCH_KERNEL_INIT, name=name)
 
 
-class MLP(nn.Module):
+class LinearStack(nn.Module):
     """The authors' ``nn.Sequential`` of Linear + activation (+ dropout, p = 0 in every released
     config, so left out), with their layer names: ``linear0``, ``linear1``, ... (``sep="_"``:
     MixDVAE's ``linear_0``, ``linear_1``, ...) then, if ``last`` is set, ``linear_last`` (DKF's
@@ -55,7 +55,7 @@ class MLP(nn.Module):
 
 
 def out_dim(in_dim: int, features: tuple[int, ...]) -> int:
-    """Width after an :class:`MLP` of ``features`` on ``in_dim`` inputs."""
+    """Width after an :class:`LinearStack` of ``features`` on ``in_dim`` inputs."""
     return features[-1] if features else in_dim
 
 

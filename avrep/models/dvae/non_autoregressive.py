@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from avrep.models.dvae.base import MLP, SAMPLE_RNG, DVAEBase, cat, dense, out_dim, reparameterize, shift_right
+from avrep.models.dvae.base import SAMPLE_RNG, DVAEBase, LinearStack, cat, dense, out_dim, reparameterize, shift_right
 from avrep.nn import recurrent
 from avrep.nn.recurrent import LSTM, SimpleRNN
 
@@ -27,10 +27,10 @@ class VAE(DVAEBase):
 
     def setup(self):
         dec = tuple(reversed(self.dense_x_z)) if self.dense_z_x is None else self.dense_z_x
-        self.mlp_x_z = MLP(self.dense_x_z, self.activation)
+        self.mlp_x_z = LinearStack(self.dense_x_z, self.activation)
         self.inf_mean = dense(self.z_dim)
         self.inf_logvar = dense(self.z_dim)
-        self.mlp_z_x = MLP(dec, self.activation)
+        self.mlp_z_x = LinearStack(dec, self.activation)
         self.gen_logvar = dense(self.x_dim)
 
     def decode(self, z):
@@ -95,22 +95,22 @@ class DKF(DVAEBase):
 
     def setup(self):
         act, z = self.activation, self.z_dim
-        self.mlp_x_gx = MLP(self.dense_x_gx, act)
+        self.mlp_x_gx = LinearStack(self.dense_x_gx, act)
         self.rnn_gx = LSTM(
             out_dim(self.x_dim, self.dense_x_gx),
             self.dim_rnn_gx,
             bidirectional=self.bidir_gx,
             reverse=not self.bidir_gx,
         )
-        self.mlp_ztm1_g = MLP(self.dense_ztm1_g, act, last=self.dim_rnn_gx)
-        self.mlp_g_z = MLP(self.dense_g_z, act)
+        self.mlp_ztm1_g = LinearStack(self.dense_ztm1_g, act, last=self.dim_rnn_gx)
+        self.mlp_g_z = LinearStack(self.dense_g_z, act)
         self.inf_mean = dense(z)
         self.inf_logvar = dense(z)
         self.mlp_gate = _ReluPair(z, gate=True)
         self.mlp_z_prop = _ReluPair(z)
         self.prior_mean = dense(z)
         self.prior_logvar = _SoftplusVariance(z)
-        self.mlp_z_x = MLP(self.dense_z_x, act)
+        self.mlp_z_x = LinearStack(self.dense_z_x, act)
         self.gen_logvar = dense(self.x_dim)
 
     def prior(self, z_tm1):
@@ -182,18 +182,18 @@ class RVAE(DVAEBase):
     def setup(self):
         act = self.activation
         bidir_h = (not self.causal) if self.bidir_h is None else self.bidir_h
-        self.mlp_x_gx = MLP(self.dense_x_gx, act)
+        self.mlp_x_gx = LinearStack(self.dense_x_gx, act)
         self.rnn_g_x = LSTM(
             out_dim(self.x_dim, self.dense_x_gx), self.dim_rnn_g_x, bidirectional=not self.causal, reverse=True
         )
-        self.mlp_z_gz = MLP(self.dense_z_gz, act)
+        self.mlp_z_gz = LinearStack(self.dense_z_gz, act)
         self.rnn_g_z = LSTM(out_dim(self.z_dim, self.dense_z_gz), self.dim_rnn_g_z)
-        self.mlp_g_z = MLP(self.dense_g_z, act)
+        self.mlp_g_z = LinearStack(self.dense_g_z, act)
         self.inf_mean = dense(self.z_dim)
         self.inf_logvar = dense(self.z_dim)
-        self.mlp_z_h = MLP(self.dense_z_h, act)
+        self.mlp_z_h = LinearStack(self.dense_z_h, act)
         self.rnn_h = LSTM(out_dim(self.z_dim, self.dense_z_h), self.dim_rnn_h, bidirectional=bidir_h)
-        self.mlp_h_x = MLP(self.dense_h_x, act)
+        self.mlp_h_x = LinearStack(self.dense_h_x, act)
         self.gen_logvar = dense(self.x_dim)
 
     def decode(self, z):
@@ -252,21 +252,21 @@ class DSAE(DVAEBase):
     def setup(self):
         act = self.activation
         f = out_dim(self.x_dim, self.dense_x)
-        self.mlp_x = MLP(self.dense_x, act)
+        self.mlp_x = LinearStack(self.dense_x, act)
         self.rnn_g_v = LSTM(f, self.dim_rnn_gv, bidirectional=True)
-        self.mlp_gv_v = MLP(self.dense_gv_v, act)
+        self.mlp_gv_v = LinearStack(self.dense_gv_v, act)
         self.inf_v_mean = dense(self.v_dim)
         self.inf_v_logvar = dense(self.v_dim)
-        self.mlp_xv_gxv = MLP(self.dense_xv_gxv, act)
+        self.mlp_xv_gxv = LinearStack(self.dense_xv_gxv, act)
         self.rnn_g_xv = LSTM(out_dim(f + self.v_dim, self.dense_xv_gxv), self.dim_rnn_gxv, bidirectional=True)
-        self.mlp_gxv_gz = MLP(self.dense_gxv_gz, act)
+        self.mlp_gxv_gz = LinearStack(self.dense_gxv_gz, act)
         self.rnn_g_z = SimpleRNN(out_dim(2 * self.dim_rnn_gxv, self.dense_gxv_gz), self.dim_rnn_gz)
         self.inf_z_mean = dense(self.z_dim)
         self.inf_z_logvar = dense(self.z_dim)
         self.rnn_prior = LSTM(self.z_dim, self.dim_rnn_prior)
         self.prior_mean = dense(self.z_dim)
         self.prior_logvar = dense(self.z_dim)
-        self.mlp_vz_x = MLP(self.dense_vz_x, act)
+        self.mlp_vz_x = LinearStack(self.dense_vz_x, act)
         self.gen_logvar = dense(self.x_dim)
 
     def decode(self, v, z):
