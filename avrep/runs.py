@@ -6,6 +6,9 @@ Layout of ``<run>/checkpoints/<step>/``:
   config/     the run's config as JSON
   train/      {"step", "opt_state"}        (runs trained by avrep.training; absent from imported runs)
   data_iter/  the Grain iterator state     (likewise)
+  checksums.json  sha256 of every other file, written after the save commits (``write_checksums``) and checked
+              before anything is read (``verify_checkpoint``): a flipped byte in an array file is otherwise
+              restored without a word
 
 A path names a run in three ways: the run directory, its ``checkpoints/`` directory or one step directory.
 Configs written before the one-schema layout (loss options under ``model``, test hooks under ``train``) are
@@ -14,8 +17,12 @@ read in today's form (``upgrade_config``), so old checkpoints keep loading.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -24,6 +31,7 @@ import orbax.checkpoint as ocp
 
 CHECKPOINT_SUBDIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"  # written by avrep.training.logging
+CHECKSUM_FILE = "checksums.json"
 # Keys that moved between config blocks: (old block or "" for the top level, old key, new block, new key).
 MOVED_CONFIG_KEYS = (
     ("model", "recon_loss", "loss", "recon_loss"),
@@ -33,6 +41,116 @@ MOVED_CONFIG_KEYS = (
     ("", "feature_scaling", "features", "scaling"),
     ("", "pretrained", "finetune", "pretrained"),
 )
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted: the message names the step directory, the file and why."""
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+    digests = {}
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, step_dir)
+            if relative.startswith(CHECKSUM_FILE):  # itself, and its temporary file
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            digests[relative] = h.hexdigest()
+    return dict(sorted(digests.items()))
+
+
+def write_checksums(step_dir: str) -> None:
+    """Records the sha256 of every file of a committed step directory (atomically: a reader sees all or none)."""
+    tmp = os.path.join(step_dir, CHECKSUM_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"algorithm": "sha256", "files": _file_digests(step_dir)}, f, indent=0)
+    os.replace(tmp, os.path.join(step_dir, CHECKSUM_FILE))
+
+
+_VERIFIED: dict[tuple, bool] = {}  # every file's (name, size, mtime) -> verified: hash an unchanged checkpoint once
+
+
+def _stat_key(step_dir: str) -> tuple:
+    return (step_dir,) + tuple(
+        sorted(
+            (os.path.join(root, n), st.st_size, st.st_mtime_ns)
+            for root, _, files in os.walk(step_dir)
+            for n in files
+            for st in [os.stat(os.path.join(root, n))]
+        )
+    )
+
+
+def verify_checkpoint(directory: str, step: int) -> bool:
+    """Checks step ``step`` of a checkpoints directory against its checksum file. True: every file matches; False:
+    the step has no checksum file (written by an older avrep, or killed between commit and checksum); raises
+    ``CheckpointError`` naming the step and the file on a missing, changed or unreadable file."""
+    step_dir = os.path.join(directory, str(step))
+    path = os.path.join(step_dir, CHECKSUM_FILE)
+    if not os.path.exists(path):
+        return False
+    key = _stat_key(step_dir)
+    if key in _VERIFIED:
+        return True
+    try:
+        with open(path) as f:
+            expected = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint step {step} ({step_dir}): {CHECKSUM_FILE} is unreadable ({e})") from e
+    actual = _file_digests(step_dir)
+    for name, digest in expected.items():
+        if name not in actual:
+            raise CheckpointError(f"checkpoint step {step} ({step_dir}): file {name} is missing")
+        if actual[name] != digest:
+            raise CheckpointError(f"checkpoint step {step} ({step_dir}): file {name} does not match its checksum")
+    _VERIFIED[key] = True
+    return True
+
+
+def content_digest(path: str, step: int | None = None, items: tuple[str, ...] = ("variables", "config")) -> str:
+    """A digest of the files of ``items`` in a run's checkpoint (the latest unless ``step``): it changes whenever
+    the weights or config are rewritten, even in the same directory at the same step."""
+    directory, latest = resolve_checkpoint(path)
+    step = latest if step is None else step
+    step_dir = os.path.join(directory, str(step))
+    if verify_checkpoint(directory, step):
+        with open(os.path.join(step_dir, CHECKSUM_FILE)) as f:
+            files = json.load(f)["files"]
+    else:
+        files = _file_digests(step_dir)
+    chosen = {name: digest for name, digest in files.items() if name.split(os.sep)[0] in items}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+
+def quarantine_checkpoint(directory: str, step: int) -> str:
+    """Moves an unusable step directory aside (kept for inspection; neither Orbax nor avrep reads it again)."""
+    target = os.path.join(directory, f"corrupt.{step}.{int(time.time())}")
+    os.replace(os.path.join(directory, str(step)), target)
+    return target
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Orbax and absl log every file operation and each read-only open as warnings: silenced for the call only,
+    so a user's own logging settings stand."""
+    from absl import logging as absl_logging
+
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "orbax.checkpoint")]
+    levels = [lg.level for lg in loggers]
+    absl_level = absl_logging.get_verbosity()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        absl_logging.set_verbosity(absl_level)
 
 
 def _step_dirs(directory: str) -> list[int]:
@@ -117,8 +235,22 @@ def upgrade_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 def read_config(path: str) -> ml_collections.ConfigDict:
     """The config of a run (``path`` as for ``resolve_checkpoint``), in today's schema."""
     directory, step = resolve_checkpoint(path)
-    restored = _manager(directory).restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return upgrade_config(ml_collections.ConfigDict(restored["config"]))
+    restored = _restore(directory, step, "config", ocp.args.JsonRestore())
+    return upgrade_config(ml_collections.ConfigDict(restored))
+
+
+def _restore(directory: str, step: int, item: str, args) -> Any:
+    """One item of a verified step, with a read error named by step and item instead of Orbax's traceback."""
+    verify_checkpoint(directory, step)
+    try:
+        with quiet_orbax():
+            return _manager(directory).restore(step, args=ocp.args.Composite(**{item: args}))[item]
+    except Exception as e:  # Orbax / TensorStore / JSON errors of a damaged file have no common type
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"checkpoint step {step} ({os.path.join(directory, str(step))}): cannot read {item}/ "
+            f"({type(e).__name__}: {cause[:300]})"
+        ) from e
 
 
 def restore_variables(path: str, abstract: Any, step: int | None = None) -> Any:
@@ -132,17 +264,14 @@ def restore_variables(path: str, abstract: Any, step: int | None = None) -> Any:
         ),
         abstract,
     )
-    restored = _manager(directory).restore(
-        latest if step is None else step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract))
-    )
-    return restored["variables"]
+    return _restore(directory, latest if step is None else step, "variables", ocp.args.StandardRestore(abstract))
 
 
 def write_run(workdir: str, config: ml_collections.ConfigDict, variables: Any, step: int = 0) -> str:
     """Writes ``variables`` and ``config`` as checkpoint ``step`` of a run in ``workdir`` (e.g. weights imported
     from another framework, or random weights for a benchmark); returns the run directory."""
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True)) as manager:
+    with quiet_orbax(), ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True)) as manager:
         manager.save(
             step,
             args=ocp.args.Composite(
@@ -150,4 +279,5 @@ def write_run(workdir: str, config: ml_collections.ConfigDict, variables: Any, s
             ),
         )
         manager.wait_until_finished()
+    write_checksums(os.path.join(directory, str(step)))
     return os.path.abspath(workdir)

@@ -3,7 +3,7 @@
   python benchmarks/run.py                       # every case
   python benchmarks/run.py --only vqvae_audio input_pipeline
 
-Every training-step case times the real compiled step of its task (``avrep.training.loop.compile_train_step``
+Every training-step case times the real compiled step of its task (``avrep.training.step.compile_train_step``
 of ``avrep.tasks.build_task(config)``: forward, loss, backward, optimizer), on random inputs of the
 paper-setting shapes. Tokenizer cases featurize on device (the STFT for audio, uint8 -> float for video);
 stage-2 and VQ-MAE cases read cached tokenizer outputs, as their training does, with random-weight tokenizer
@@ -23,16 +23,25 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from avrep.tasks import build_task  # noqa: E402
 from avrep.tasks.vqmae import MODELS as VQMAE_MODELS  # noqa: E402
-from avrep.training import loop  # noqa: E402
 from avrep.training import mesh as mesh_lib
+from avrep.training import step as step_lib  # noqa: E402  (no data pipeline: benchmarks/device.py)
 from avrep.training.optimizer import make_optimizer  # noqa: E402
-from benchmarks.preprocess import bench_preprocess  # noqa: E402
+from benchmarks import utilization  # noqa: E402
 from configs import dvae, vqmae, vqmdvae, vqvae_audio, vqvae_visual  # noqa: E402
+
+
+def bench_preprocess(*args, **kwargs):
+    """``benchmarks.preprocess.bench_preprocess``, imported when run: it needs the corpus builders (TFDS),
+    which the training-step cases, and the device benchmark that imports this file, do not."""
+    from benchmarks.preprocess import bench_preprocess as run
+
+    return run(*args, **kwargs)
 
 
 def _peak_memory_mb() -> float:
@@ -40,6 +49,16 @@ def _peak_memory_mb() -> float:
     if "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"] / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # host peak RSS (CPU backend)
+
+
+def _step_memory_mb(compiled) -> float | None:
+    """Device memory one call of ``compiled`` needs (arguments, outputs not aliased to them, temporaries), from
+    XLA's memory analysis: per case, unlike the process's peak."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    size = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+    return round((size + stats.temp_size_in_bytes) / 2**20, 1)
 
 
 def _device() -> str:
@@ -75,41 +94,72 @@ def _time_step(run, carry, steps, warmup=3):
     return float(np.median(times)), carry
 
 
-def _step_result(name, *, items, unit, params, per_step, compiled, **extra):
-    """One JSON line of a training-step case; GFLOP/s from XLA's cost analysis of ``compiled`` (a step
-    compiled for counting: loops count their body once)."""
-    cost = compiled.cost_analysis()
-    flops = (cost[0] if isinstance(cost, list) else cost or {}).get("flops", float("nan"))
+# Command-line overrides of every training-step case (main: --dtype, --batch): config key -> value.
+OVERRIDES: dict[str, object] = {}
+
+
+def _apply_overrides(config):
+    """``OVERRIDES`` written into a case's config (``model.dtype``, ``data.examples_per_batch``)."""
+    for key, value in OVERRIDES.items():
+        block, field = key.split(".")
+        config[block][field] = value
+    return config
+
+
+def _compile(step, *args):
+    """(the compiled step, seconds the lowering and compilation took)."""
+    t = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    return compiled, time.perf_counter() - t
+
+
+def _step_result(name, *, items, unit, params, per_step, compiled, task, compile_s, input_wait=0.0, **extra):
+    """One JSON line of a training-step case. GFLOP/s and ``mfu`` (benchmarks/utilization.py: against the
+    device's peak for the step's dtype; on CPU, the measured matmul ceiling) from XLA's cost analysis of
+    ``compiled`` (a step compiled for counting: loops count their body once). ``input_wait``: the fraction of
+    the step spent waiting for input; 0 for these cases, whose batch is on the device before timing."""
+    flops = utilization.step_flops(compiled)
+    dtype = str(task.compute_dtype)
     return {
         "name": name,
         "throughput": round(items / per_step, 1),
         "unit": unit,
         "batch": items,
         **extra,
+        "dtype": dtype,
         "params": int(sum(x.size for x in jax.tree.leaves(params))),
         "step_time_ms": round(per_step * 1e3, 2),
         "gflops_per_s": round(flops / per_step / 1e9, 1),
+        **utilization.utilization(flops, per_step, dtype),
+        "input_wait": input_wait,
+        "compile_s": round(compile_s, 2),
+        "step_memory_mb": _step_memory_mb(compiled),
         "peak_memory_mb": round(_peak_memory_mb(), 1),
         "device": _device(),
     }
 
 
-def bench_train_step(name, config, unit_per_example, steps):
-    task = build_task(config)
+def bench_train_step(name, config, unit_per_example, steps, *, prepare=None):
+    """``prepare(task, batch) -> batch`` turns the random batch into what the timed step is given."""
+    task = build_task(_apply_overrides(config))
     mesh = mesh_lib.make_mesh(config.mesh)
     tx, schedule = make_optimizer(config.optimizer, 1000)
-    state = loop.create_state(task, tx, mesh, jax.random.key(0))
-    step = loop.compile_train_step(task, tx, schedule, mesh, state)
-    batch = mesh_lib.global_batch(_random_batch(task, np.random.default_rng(0)), mesh)
+    state = step_lib.create_state(task, tx, mesh, jax.random.key(0))
+    step = step_lib.compile_train_step(task, tx, schedule, mesh, state)
+    batch = _random_batch(task, np.random.default_rng(0))
+    batch = mesh_lib.global_batch(prepare(task, batch) if prepare else batch, mesh)
     rng = jax.random.key(1)
-    per_step, state = _time_step(lambda s: step(s, batch, rng)[0], state, steps)
+    compiled, compile_s = _compile(step, state, batch, rng)
+    per_step, state = _time_step(lambda s: compiled(s, batch, rng)[0], state, steps)
     return _step_result(
         name,
         items=task.pipeline.examples_per_batch * unit_per_example,
         unit=config.bench_unit,
         params=state["params"],
         per_step=per_step,
-        compiled=step.lower(state, batch, rng).compile(),
+        compiled=compiled,
+        task=task,
+        compile_s=compile_s,
     )
 
 
@@ -162,12 +212,15 @@ def _random_tokenizers(config, root: str) -> None:
 
 
 def _random_like_dummy_batch(task, rng, scale: float = 1.0) -> dict:
-    """A random batch of the shapes of the task's dummy batch with ``examples_per_batch`` examples: floats
-    N(0, scale²) (waveforms, stage-2 features), integers uniform over the codebook (VQ-MAE index grids)."""
+    """A random batch of the shapes of the task's dummy batch with ``examples_per_batch`` examples: uint8 frames
+    uniform, floats N(0, scale²) (waveforms, stage-2 features), integers uniform over the codebook (VQ-MAE index
+    grids)."""
     batch = {}
     for key, like in task.dummy_batch().items():
         shape = (task.pipeline.examples_per_batch, *like.shape[1:])
-        if np.issubdtype(like.dtype, np.integer):
+        if like.dtype == np.uint8:  # video frames
+            batch[key] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif np.issubdtype(like.dtype, np.integer):
             module = task.module if not hasattr(task, "backbone") else task.backbone
             codes = getattr(module, f"{key.split('_', 1)[1]}_codes")
             batch[key] = rng.integers(0, codes, shape).astype(like.dtype)
@@ -183,16 +236,19 @@ def bench_cached_task_step(name, config, steps, unit, tokenizer_root, **extra):
     from avrep.nn.attention import batched_attention
 
     _random_tokenizers(config, tokenizer_root)
-    task = build_task(config)
+    task = build_task(_apply_overrides(config))
     mesh = mesh_lib.make_mesh(config.mesh)
     tx, schedule = make_optimizer(config.optimizer, 1000)
     tx = task.optimizer(tx)
-    state = loop.create_state(task, tx, mesh, jax.random.key(0))
-    step = loop.compile_train_step(task, tx, schedule, mesh, state)
+    state = step_lib.create_state(task, tx, mesh, jax.random.key(0))
+    step = step_lib.compile_train_step(task, tx, schedule, mesh, state)
     batch = mesh_lib.global_batch(_random_like_dummy_batch(task, np.random.default_rng(0)), mesh)
     rng = jax.random.key(1)
-    with batched_attention():
-        counted = loop.compile_train_step(task, tx, schedule, mesh, state).lower(state, batch, rng).compile()
+    step, compile_s = _compile(step, state, batch, rng)
+    counted = step
+    if jax.default_backend() == "cpu":  # the attention loop's body is counted once: count the batched form
+        with batched_attention():
+            counted = step_lib.compile_train_step(task, tx, schedule, mesh, state).lower(state, batch, rng).compile()
     walls, cpus = [], []
     for _ in range(2):  # warm-up
         state = step(state, batch, rng)[0]
@@ -222,6 +278,8 @@ def bench_cached_task_step(name, config, steps, unit, tokenizer_root, **extra):
         params=state["params"],
         per_step=per_step,
         compiled=counted,
+        task=task,
+        compile_s=compile_s,
         **extra,
     )
 
@@ -272,13 +330,17 @@ DVAE_AUTHORS_SEQ_PER_S = {
 
 def bench_dvae(name, kind, frames, steps):
     """The DVAE task's real compiled step (configs/dvae.py: the DVAE benchmark's speech configurations at 513
-    bins) on random speech windows of ``frames`` STFT frames, batch 128 (featurisation on device included)."""
+    bins) on power spectrograms of random speech windows, ``frames`` STFT frames, batch 128. The spectrograms are
+    computed before timing, as the authors' timed step receives them from its data loader (forward, IS + KL loss,
+    backward, Adam); training computes them on the device, about 30 ms per batch on this CPU."""
     config = dvae.get_config(f"{kind},paper")
     config.data.frames_per_example = frames
     if "scheduled_sampling" in config.model:
         config.model.scheduled_sampling = False  # the authors' timed SRNN is teacher-forced
     config.bench_unit = "sequences/s"
-    result = bench_train_step(name, config, 1, steps)
+    config.train.output_bias_utterances = 0  # random batches: no corpus to take the mean spectrum from
+    result = bench_train_step(name, config, 1, steps, prepare=lambda task, b: {"power": np.asarray(task.features(b))})
+    result.update(input="power spectrograms")
     ref = DVAE_AUTHORS_SEQ_PER_S.get((kind, frames))
     result.update(time_steps=frames)
     if ref is not None:
@@ -288,6 +350,53 @@ def bench_dvae(name, kind, frames, steps):
             authors_machine=DVAE_AUTHORS_MACHINE,
         )
     return result
+
+
+# Lin's Table 6.3: RVAE-VEM U-NA on WSJ0-QUT, 300 iterations, real-time factor 27.91 (the authors' code, one
+# utterance at a time; their machine is not stated in the table).
+SE_ITERATIONS = 300
+SE_AUTHORS_RTF = 27.91
+
+
+def bench_se_vem(name, batch, iterations, seconds=2.0):
+    """Real-time factor of RVAE-VEM U-NA (avrep.models.enhancement.vem, DVAE_SE's RVAE sizes, random weights:
+    only the shapes matter) on ``batch`` utterances of ``seconds`` s enhanced as one compiled program:
+    seconds of processing (STFT, VEM, Wiener filter; compilation excluded, reported apart) per second of audio."""
+    from avrep.models import dvae as dvae_models
+    from avrep.models import enhancement as se
+
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(int(16000 * seconds)).astype(np.float32) for _ in range(batch)]
+    model = dvae_models.build_model("dvae_se/RVAE")
+    data = se.batch_stft(waves)
+    variables = model.init({"params": jax.random.key(0)}, jnp.abs(data.X[:1]) ** 2, sample=False)
+    settings = se.VEMSettings(num_iterations=iterations)
+
+    def run():
+        data = se.batch_stft(waves)
+        out = se.enhance_vem(model, variables, data.X, data.mask, settings=settings, key=jax.random.key(1))
+        return jax.block_until_ready(out["S_hat"])
+
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    run()
+    elapsed = time.perf_counter() - start
+    audio = batch * seconds
+    return dict(
+        name=name,
+        device=_device(),
+        batch=batch,
+        utterance_s=seconds,
+        iterations=iterations,
+        seconds=round(elapsed, 2),
+        compile_s=round(first - elapsed, 2),
+        rtf=round(elapsed / audio, 3),
+        rtf_per_100_iterations=round(elapsed / audio * 100 / iterations, 4),
+        authors_rtf=SE_AUTHORS_RTF if iterations == SE_ITERATIONS else None,
+        peak_memory_mb=round(_peak_memory_mb(), 1),
+    )
 
 
 def _audio_config():
@@ -314,7 +423,22 @@ def main():
         help="where SynthAV is generated for the input-pipeline cases",
     )
     parser.add_argument("--dataset", default="synthav/mdvae", help="dataset for the input-pipeline cases")
+    parser.add_argument(
+        "--se_iterations", type=int, default=SE_ITERATIONS, help="VEM iterations of the se_vem cases (thesis: 300)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "auto"),
+        help="computation dtype of every training-step case (config key model.dtype; default: the config's)",
+    )
+    parser.add_argument(
+        "--batch", type=int, help="examples per batch of every training-step case (data.examples_per_batch)"
+    )
     args = parser.parse_args()
+    if args.dtype:
+        OVERRIDES["model.dtype"] = args.dtype
+    if args.batch:
+        OVERRIDES["data.examples_per_batch"] = args.batch
 
     def data_config(make):
         c = make()
@@ -371,6 +495,10 @@ def main():
     }
     for name, (kind, frames) in dvae_cases.items():
         cases[name] = lambda name=name, kind=kind, frames=frames: bench_dvae(name, kind, frames, args.steps)
+    for batch in (1, 8, 32):
+        cases[f"se_vem_rvae_b{batch}"] = lambda batch=batch: bench_se_vem(
+            f"se_vem_rvae_b{batch}", batch, args.se_iterations
+        )
     for name, run in cases.items():
         if args.only is None or any(name == o or (o not in cases and name.startswith(o)) for o in args.only):
             print(json.dumps(run()), flush=True)

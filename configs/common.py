@@ -12,6 +12,11 @@ SETTINGS = {
 }
 
 
+# Config key model.dtype of every family: the computation dtype (avrep/nn/precision.py), "float32", "bfloat16" or
+# "auto" (bfloat16 on GPU / TPU, float32 on CPU); parameters and optimizer state stay float32 either way.
+DTYPE = "float32"
+
+
 def parse_variants(arg: str | None, allowed: set[str]) -> set[str]:
     """'vqmae,smoke' -> {'vqmae', 'smoke'}, rejecting unknown variants by name."""
     variants = {v for v in (arg or "").split(",") if v}
@@ -41,11 +46,17 @@ def base_config(setting: str, smoke: bool) -> ml_collections.ConfigDict:
         dict(sample_rate=16000, n_fft=1024, hop=s["hop"], window="hann", pad_mode="constant")
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))
+    # checkpoint_every_minutes: also save when that much time has passed since the last save (0: off).
     c.train = ml_collections.ConfigDict(
-        dict(num_steps=1000, log_every=50, checkpoint_every=500, max_checkpoints_to_keep=2)
+        dict(
+            num_steps=1000, log_every=50, checkpoint_every=500, max_checkpoints_to_keep=2, checkpoint_every_minutes=0.0
+        )
     )
-    # Test hooks: a digest of every batch in batches.process<i>.jsonl; SIGKILL after a step (resume tests).
-    c.debug = ml_collections.ConfigDict(dict(log_batch_digest=False, simulate_preemption_at_step=-1))
+    # Test hooks: a digest of every batch in batches.process<i>.jsonl; simulate_signal (SIGKILL, SIGTERM or
+    # SIGINT) sent to the run after step simulate_preemption_at_step (resume tests).
+    c.debug = ml_collections.ConfigDict(
+        dict(log_batch_digest=False, simulate_preemption_at_step=-1, simulate_signal="SIGKILL")
+    )
     return c
 
 
@@ -88,7 +99,7 @@ def stage2_config(name: str, task: str, model: dict, *, smoke: bool, raw: bool) 
     # in <workdir>/feature_cache/<split>, or <feature_cache_dir>/<split> if set (shared between runs).
     c.data.feature_cache = True
     c.data.feature_cache_dir = ""
-    c.model = ml_collections.ConfigDict(model)
+    c.model = ml_collections.ConfigDict(dict(model, dtype=DTYPE))
     # "elbo": the per-sequence negative ELBO ([MDVAE] Sec. 2.4); "code": the authors' scaling ([code-mdvae]).
     # likelihood "unit": unit-variance Gaussians (the papers); "calibrated": each modality's variance is its
     # batch mean squared error, or per modality "visual=calibrated" (our option; avrep/models/mdvae.mdvae_loss,
@@ -168,7 +179,7 @@ def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> 
             dict(audio_code_dim=8, visual_code_dim=8),
         )
     frames = 50 if paper else (10 if smoke else 25)
-    model = dict(kind=kind, mlp_ratio=2.0, position_init="normal" if paper else "sincos", **size)
+    model = dict(kind=kind, mlp_ratio=2.0, position_init="normal" if paper else "sincos", dtype=DTYPE, **size)
     if kind in ("av", "audio"):
         model.update(audio_frames=2 * frames, audio_bins=64, audio_codes=256, audio_code_dim=dims["audio_code_dim"])
     if kind in ("av", "visual"):

@@ -9,7 +9,7 @@
 # Layer sizes: the DVAE benchmark's speech configurations ([code-dvae]) with 513 bins.
 import ml_collections
 
-from configs.common import parse_variants
+from configs.common import DTYPE, parse_variants
 
 MODELS = {
     "vae": dict(preset="dvae/VAE"),
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     c.audio = ml_collections.ConfigDict(dict(sample_rate=16000, n_fft=1024, hop=256, window="sine", pad_mode="reflect"))
-    c.model = ml_collections.ConfigDict(dict(MODELS[kind], x_dim=513))
+    c.model = ml_collections.ConfigDict(dict(MODELS[kind], x_dim=513, dtype=DTYPE))
     # beta 1; KL warm-up after a delay (the authors: 0 for 10 epochs, then +0.2 per 10 epochs); scheduled
     # sampling of the SRNN: use_pred from 0 at ss_start to ss_max at ss_end steps.
     c.loss = ml_collections.ConfigDict(
@@ -59,9 +59,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Validation loss at every checkpoint (fixed windows of the validation split); training stops after
     # early_stopping_patience checkpoints without improvement; evaluation uses the best checkpoint.
     c.train = ml_collections.ConfigDict(
-        dict(num_steps=1000, log_every=50, checkpoint_every=100, max_checkpoints_to_keep=6, early_stopping_patience=5)
+        dict(
+            num_steps=1000,
+            log_every=50,
+            checkpoint_every=100,
+            max_checkpoints_to_keep=6,
+            early_stopping_patience=5,
+            checkpoint_every_minutes=0.0,
+            # decoder output bias from the data's mean spectrum (avrep's choice; 0: zero, the authors')
+            output_bias_utterances=64,
+        )
     )
-    c.debug = ml_collections.ConfigDict(dict(log_batch_digest=False, simulate_preemption_at_step=-1))
+    c.debug = ml_collections.ConfigDict(
+        dict(log_batch_digest=False, simulate_preemption_at_step=-1, simulate_signal="SIGKILL")
+    )
     if paper:
         # The DVAE benchmark: 500 epochs, patience 50, warm-up over 60 epochs (~100 steps per epoch of WSJ0).
         c.loss.update(kl_warmup_delay=1000, kl_warmup_steps=5000, ss_start=2000, ss_end=10000)

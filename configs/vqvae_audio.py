@@ -7,7 +7,7 @@
 # Variants: "vqmae" (hop 320, 256 codes, BatchNorm: [Sadok-thesis] Sec. 5.3.1, [code-vqmae-av]), "smoke" (CPU seconds).
 import ml_collections
 
-from configs.common import base_config, frame_training, parse_variants
+from configs.common import DTYPE, base_config, frame_training, parse_variants
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(
             modality="audio",
             arch="code",
+            dtype=DTYPE,
             num_codes=256 if setting == "vqmae" else 128,
             code_dim=8,
             residual_hidden=32 if setting == "vqmae" else 16,

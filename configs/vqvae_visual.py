@@ -7,7 +7,7 @@
 # Variants: "vqmae" (96x96x3 -> 24x24x4, 512 codes: [Sadok-thesis] Sec. 5.3.1), "smoke" (CPU seconds).
 import ml_collections
 
-from configs.common import base_config, frame_training, parse_variants
+from configs.common import DTYPE, base_config, frame_training, parse_variants
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -25,7 +25,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:
         model = dict(num_downsamples=3, num_codes=512, code_dim=32, hidden=128, residual_hidden=32)
     c.model = ml_collections.ConfigDict(
-        dict(modality="visual", arch="code", commitment_cost=0.25, decay=0.99, restart_dead_codes=True, **model)
+        dict(
+            modality="visual",
+            arch="code",
+            commitment_cost=0.25,
+            decay=0.99,
+            restart_dead_codes=True,
+            dtype=DTYPE,
+            **model,
+        )
     )
     c.loss = ml_collections.ConfigDict(dict(recon_loss="mse", ssim_weight=0.0 if setting == "vqmae" else 0.05))
     # 8 images, one from each of 8 utterances. Training is step-bound, not image-bound: at equal

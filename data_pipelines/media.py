@@ -16,6 +16,9 @@ from data_pipelines.spec import DataError
 
 SAMPLE_RATE = 16000
 PEAK = 0.99  # stored int16 waveforms are peak-normalised to this fraction of full scale
+# A track that decodes shorter than its container declares, by more than this (seconds, or 5 % of the declared
+# length: encoder priming and padding make the two differ a little), is truncated or damaged and skipped.
+TRUNCATION_TOLERANCE_S = 0.25
 
 
 class MediaError(DataError):
@@ -33,6 +36,21 @@ def _open(path: str):
         raise MediaError(path, f"cannot open media file ({type(e).__name__}: {e})") from e
 
 
+def _declared_seconds(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base if container.duration else None
+
+
+def _check_complete(path: str, kind: str, decoded: float, declared: float | None, error: Exception | None) -> None:
+    """Raises ``MediaError`` when a track decoded clearly shorter than declared (a cut file, or bytes damaged
+    mid-stream: the decoder's error is named)."""
+    if declared is None or decoded >= declared - max(TRUNCATION_TOLERANCE_S, 0.05 * declared):
+        return
+    cause = f" ({kind} decode error: {type(error).__name__}: {error})" if error is not None else ""
+    raise MediaError(path, f"truncated: decoded {decoded:.2f} of {declared:.2f} s{cause}")
+
+
 def decode_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """First audio track of ``path`` (wav, m4a, flv, avi, mp4, ...) as float32 mono at ``sample_rate``."""
     with _open(path) as container:
@@ -40,17 +58,20 @@ def decode_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
             raise MediaError(path, "no audio track")
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks = []
+        chunks, error = [], None
         try:
             for frame in container.decode(stream):
                 chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
         except Exception as e:
-            if not chunks:  # a damaged tail keeps what decoded before it; a damaged head is an error
+            if not chunks:  # a damaged tail keeps what decoded before it (if not too short); a damaged head is an error
                 raise MediaError(path, f"audio track cannot be decoded ({type(e).__name__}: {e})") from e
+            error = e
+        declared = _declared_seconds(container, stream)
     wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if wav.size == 0:
         raise MediaError(path, "audio track has no samples")
+    _check_complete(path, "audio", wav.size / sample_rate, declared, error)
     return wav.astype(np.float32)
 
 
@@ -117,9 +138,12 @@ def video_frames(path: str, fps: float, max_side: int = 640) -> Iterator[np.ndar
         except Exception as e:
             if count == 0:
                 raise MediaError(path, f"video track cannot be decoded ({type(e).__name__}: {e})") from e
-            # A truncated file: keep the frames decoded so far (the audio is cut to match).
+            error = e  # a damaged tail: the frames decoded so far are kept if they are (nearly) all
+        else:
+            error = None
         if count == 0:
             raise MediaError(path, "video track has no frames")
+        _check_complete(path, "video", t - t0 + 1.0 / src_rate, _declared_seconds(container, stream), error)
         yield from emit_until(t - t0 + 1.0 / src_rate)
 
 

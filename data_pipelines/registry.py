@@ -26,6 +26,14 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None, **build_kwa
         print(f"[avrep] generating {name} into {data_dir} ...", flush=True)
         build(config or "mdvae", data_dir)
         return
+    if builder == "noisy_speech":  # clean speech (and faces) mixed with noise: its sources are prepared first
+        from data_pipelines import noisy_speech
+
+        for source, source_dir in noisy_speech.sources_of(config, data_dir):
+            prepare(source, source_dir)
+        print(f"[avrep] mixing {name} into {data_dir} ...", flush=True)
+        noisy_speech.build(config, data_dir, manual_dir)
+        return
     from data_pipelines.corpora import CORPORA, builder_class
 
     if builder in CORPORA and manual_dir is not None:

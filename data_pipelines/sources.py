@@ -24,6 +24,16 @@ class CheckedSource:
         if len(self._source) == 0:
             raise DataError(f"dataset {self.description} is empty: expected at least one record")
 
+    def manifest(self) -> dict:
+        """What identifies the split's content without reading it (feature caches are keyed on it): the number of
+        records and each file's name, size and modification time (a rebuilt dataset has new ones)."""
+        files = self._source.dataset_info.splits[self._source.split].filepaths
+        stats = {os.path.basename(os.fspath(p)): os.stat(os.fspath(p)) for p in files}
+        return {
+            "records": len(self),
+            "files": {name: [st.st_size, st.st_mtime_ns] for name, st in sorted(stats.items())},
+        }
+
     def __len__(self) -> int:
         return len(self._source)
 

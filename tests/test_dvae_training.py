@@ -53,6 +53,36 @@ def test_every_model_builds_and_its_loss_is_the_negative_elbo_per_frame(speech_d
         assert float(m0["use_pred"]) == 0.0 and float(metrics["use_pred"]) == 1.0
 
 
+@pytest.mark.parametrize("kind", ["dkf", "rvae", "srnn_tf"])
+def test_a_fresh_decoder_starts_at_the_training_data_mean_spectrum(speech_data_dir, kind):
+    """train.output_bias_utterances: the output log-variance bias is the log mean power per bin of the first
+    n training utterances, which fits the data far better than the zero bias (variance 1) it replaces."""
+    from avrep import audio
+    from data_pipelines.spec import speech_utterances
+
+    config = _config(kind, speech_data_dir)
+    config.train.output_bias_utterances = 3
+    task = build_task(config)
+    source = sources.open_source(config.data.name, "train", speech_data_dir)
+    batch = next(pipelines.training_iterator(source, task.pipeline, task.framing, seed=0))
+    fresh = task.init_variables(jax.random.key(0), batch)
+    bias = np.asarray(task.warm_start(fresh)["params"]["gen_logvar"]["bias"])
+    spectra = [
+        audio.power_spectrogram(u["wav"], n_fft=1024, hop=256, window="sine", center=True, pad_mode="reflect")
+        for _, u in zip(range(3), speech_utterances(source, 256))
+    ]
+    expected = np.log(np.concatenate([np.asarray(x, np.float64) for x in spectra]).mean(axis=0) + 1e-10)
+    np.testing.assert_allclose(bias, expected, rtol=1e-5, atol=1e-5)
+    assert np.ptp(bias) > 3.0  # a spectrum, not a constant
+
+    x = np.asarray(task.features(batch), np.float64) + 1e-10
+    itakura_saito = lambda log_v: float(np.mean(x * np.exp(-log_v) - np.log(x) + log_v - 1))
+    assert itakura_saito(bias) < 0.5 * itakura_saito(np.zeros_like(bias))
+    config.train.output_bias_utterances = 0  # the authors' initialisation: left as initialised
+    untouched = build_task(config).warm_start(fresh)["params"]["gen_logvar"]["bias"]
+    np.testing.assert_array_equal(np.asarray(untouched), np.asarray(fresh["params"]["gen_logvar"]["bias"]))
+
+
 def test_schedules_warm_up_linearly_after_their_delay(speech_data_dir):
     task = build_task(_config("srnn", speech_data_dir))  # smoke: KL delay 2, over 4 steps; ss from 2 to 6
     kl = [float(task.kl_weight(jnp.int32(s))) for s in range(8)]

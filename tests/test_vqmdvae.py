@@ -127,8 +127,18 @@ def test_bad_stage2_config_is_named(smoke_data_dir, tokenizers, key, value, mess
         build_task(config)
 
 
+# The raw-input baselines (a minute each) are opt-in: -m slow.
+RAW_INPUT = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "config_arg", ["vqdsae:audio,smoke", "vqdsae:visual,raw,smoke", "vqjointmvae:smoke", "vqmdvae:raw,smoke"]
+    "config_arg",
+    [
+        "vqdsae:audio,smoke",
+        pytest.param("vqdsae:visual,raw,smoke", marks=RAW_INPUT),
+        "vqjointmvae:smoke",
+        pytest.param("vqmdvae:raw,smoke", marks=RAW_INPUT),
+    ],
 )
 def test_baseline_configs_train_and_reconstruct(smoke_data_dir, tokenizers, tmp_path, config_arg):
     """Every baseline of the paper's tables trains from its config and reconstructs whole test utterances."""
@@ -168,7 +178,7 @@ def test_baseline_configs_train_and_reconstruct(smoke_data_dir, tokenizers, tmp_
     )
 
 
-@pytest.mark.parametrize("scaling", ["standardize", "modality"])
+@pytest.mark.parametrize("scaling", ["standardize", pytest.param("modality", marks=pytest.mark.slow)])
 def test_scaled_features_are_stored_and_undone(smoke_data_dir, tokenizers, tmp_path, scaling):
     from avrep.evaluation.sequence import SequenceModel
 
@@ -219,6 +229,7 @@ def test_decoding_features_equals_the_tokenizers_own_reconstruction(smoke_data_d
     np.testing.assert_allclose(np.asarray(images), np.asarray(expected_images), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # a whole VQ-MDVAE training and evaluation (~4 min)
 def test_one_evaluation_restores_each_tokenizer_once(smoke_data_dir, tokenizers, tmp_path, monkeypatch):
     """Evaluating a VQ-MDVAE run (every table: resynthesis, transformation, denoising, emotion) restores each
     frozen tokenizer exactly once, however many tasks and feature caches it builds."""

@@ -8,7 +8,8 @@ shapes (which model, layer widths, LSTM sizes and directions) and, when given, t
 its SRNNs are taken to have when no config says otherwise); a config value that contradicts the shapes
 raises a ValueError naming the key and both values. ``dvae_variables(state_dict, model)`` maps the
 tensors by name (``avrep.convert.state_dict``) and checks every one against the model.
-``load_dvae(weights, config_ini)`` does both from files.
+``load_dvae(weights, config_ini)`` does both from files. The source-filter VAE's IS-VAE ([code-sfvae]: layers
+fc1 ... fc6) is read as the DVAE VAE (:data:`SF_VAE_NAMES`; preset ``sf_vae/VAE``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,28 @@ _SIGNATURES = (
     ({"rnn_g", "rnn_h"}, "STORN"),
 )
 _SS_TAG = re.compile(r"(^|[-_])ss($|[-_\d])", re.IGNORECASE)
+# The source-filter VAE's released IS-VAE ([code-sfvae]) is the DVAE VAE with other layer names.
+SF_VAE_NAMES = {
+    "fc1": "mlp_x_z.linear0",
+    "fc2": "mlp_x_z.linear1",
+    "fc31": "inf_mean",
+    "fc32": "inf_logvar",
+    "fc4": "mlp_z_x.linear0",
+    "fc5": "mlp_z_x.linear1",
+    "fc6": "gen_logvar",
+}
+
+
+def is_sf_vae(state_dict: Mapping[str, Any]) -> bool:
+    """Whether ``state_dict`` has exactly the source-filter VAE's layers (fc1, fc2, fc31, fc32, fc4, fc5, fc6)."""
+    return {k.split(".")[0] for k in state_dict} == set(SF_VAE_NAMES)
+
+
+def canonical_names(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with the source-filter VAE's layer names replaced by the DVAE VAE's (others unchanged)."""
+    if not is_sf_vae(state_dict):
+        return dict(state_dict)
+    return {SF_VAE_NAMES[k.split(".")[0]] + k[k.index(".") :]: v for k, v in state_dict.items()}
 
 
 def read_config_ini(path: str | os.PathLike) -> dict[str, str]:
@@ -221,6 +244,7 @@ def infer_dvae_config(
     configparser gives them, lower case). ``overrides``: fields to set regardless (e.g.
     ``scheduled_sampling=True`` for an SRNN_ss whose config does not say so).
     """
+    state_dict = canonical_names(state_dict)
     name = _model_name(state_dict)
     fields = _from_shapes(state_dict, name)
     if config_ini is not None:
@@ -259,7 +283,7 @@ def infer_dvae_config(
 
 def dvae_variables(state_dict: Mapping[str, Any], model) -> dict[str, dict]:
     """``{"params": ...}`` for ``model`` from a torch state_dict, every tensor checked by name and shape."""
-    params, origin = torch_to_flax(state_dict)
+    params, origin = torch_to_flax(canonical_names(state_dict))
     key = jax.random.key(0)
     x = jnp.zeros((1, 2, model.x_dim), jnp.float32)
     expected = jax.eval_shape(lambda: model.init({"params": key, "sample": key}, x))["params"]
@@ -274,4 +298,13 @@ def load_dvae(weights: str | os.PathLike, config_ini: Mapping[str, Any] | str | 
     return model, dvae_variables(sd, model)
 
 
-__all__ = ["MODELS", "dvae_variables", "infer_dvae_config", "load_dvae", "read_config_ini"]
+__all__ = [
+    "MODELS",
+    "SF_VAE_NAMES",
+    "canonical_names",
+    "dvae_variables",
+    "infer_dvae_config",
+    "is_sf_vae",
+    "load_dvae",
+    "read_config_ini",
+]

@@ -12,7 +12,9 @@ file's path and sha256). ``avrep.load_checkpoint(out)`` then returns the model, 
 
 ``audio`` is the STFT the authors' model was trained on (16 kHz, power of a peak-normalised waveform,
 centred frames): the DVAE benchmark n_fft 512 / hop 256 / sine window / reflect padding (257 bins);
-DVAE_SE 1024 / 256 / sine / reflect (513); VQ-MAE-S's VQ-VAE Hann 1024 / 320; code-mdvae's Hann 1024 / 533.
+DVAE_SE 1024 / 256 / sine / reflect (513); the source-filter VAE's IS-VAE ([code-sfvae], layers fc1 ... fc6,
+imported as a ``source_filter`` run) Hann 1024 / 256 / reflect; VQ-MAE-S's VQ-VAE Hann 1024 / 320; code-mdvae's
+Hann 1024 / 533.
 
 A checkpoint of the other family raises a ValueError naming the file and what was expected.
 """
@@ -43,6 +45,7 @@ AUDIO = {
     "dvae_se": dict(_STFT, n_fft=1024, hop=256),  # DVAE_SE, 513 bins
     "vqmae": dict(sample_rate=16000, n_fft=1024, hop=320, window="hann", pad_mode="constant"),  # VQ-MAE-S
     "mdvae": dict(sample_rate=16000, n_fft=1024, hop=533, window="hann", pad_mode="constant"),  # code-mdvae
+    "sf_vae": dict(sample_rate=16000, n_fft=1024, hop=256, window="hann", pad_mode="reflect"),  # source-filter VAE
 }
 VQVAE_SETTINGS = ("vqmae", "mdvae")  # the speech VQ-VAEs' STFTs (configs/vqvae_audio.py's settings)
 FAMILIES = {"dvae": "a DVAE-family model (VAE, DKF, STORN, VRNN, SRNN, RVAE, DSAE)", "vqvae": "a speech VQ-VAE"}
@@ -84,6 +87,11 @@ def _read(weights, family: str) -> dict:
     return sd
 
 
+def _model_block(model: Mapping[str, Any], family_model) -> ml_collections.ConfigDict:
+    """The imported ``model`` fields, with the family config's computation dtype (config key model.dtype)."""
+    return ml_collections.ConfigDict({**model, **({"dtype": family_model.dtype} if "dtype" in family_model else {})})
+
+
 def dvae_config(
     model: Mapping[str, Any], *, name: str, beta: float = 1.0, data_name: str = DATASET, data_dir: str = ""
 ) -> ml_collections.ConfigDict:
@@ -97,9 +105,24 @@ def dvae_config(
 
     c = dvae.get_config()
     c.name = name
-    c.model = ml_collections.ConfigDict(dict(model))
+    c.model = _model_block(model, c.model)
     c.audio = ml_collections.ConfigDict(AUDIO[setting])
     c.loss.beta = float(beta)
+    c.data.update(name=data_name, data_dir=data_dir)
+    return c
+
+
+def source_filter_config(
+    model: Mapping[str, Any], *, name: str, data_name: str = DATASET, data_dir: str = ""
+) -> ml_collections.ConfigDict:
+    """A run config in the schema of ``configs/source_filter.py`` (task ``source_filter``: ``evaluate.py`` learns
+    the f0 / formant subspaces) for the source-filter VAE's IS-VAE ``model``, with its STFT (``AUDIO["sf_vae"]``)."""
+    from configs import source_filter  # deferred: the family's config file gives the schema
+
+    c = source_filter.get_config()
+    c.name = name
+    c.model = _model_block(model, c.model)
+    c.audio = ml_collections.ConfigDict(AUDIO["sf_vae"])
     c.data.update(name=data_name, data_dir=data_dir)
     return c
 
@@ -115,7 +138,7 @@ def speech_vqvae_config(
 
     c = vqvae_audio.get_config("vqmae" if setting == "vqmae" else None)
     c.name = name
-    c.model = ml_collections.ConfigDict(dict(model))
+    c.model = _model_block(model, c.model)
     c.audio = ml_collections.ConfigDict(AUDIO[setting])
     c.data.update(name=data_name, data_dir=data_dir)
     return c
@@ -188,9 +211,11 @@ def import_dvae(
     if config_ini is not None:
         ini = convert_dvae.read_config_ini(config_ini) if isinstance(config_ini, (str, os.PathLike)) else config_ini
         beta = float(dict(ini).get("beta", 1.0))
-    config = dvae_config(
-        fields, name=name or os.path.basename(os.path.normpath(out)), beta=beta, data_name=data_name, data_dir=data_dir
-    )
+    run_name = name or os.path.basename(os.path.normpath(out))
+    if convert_dvae.is_sf_vae(sd):
+        config = source_filter_config(fields, name=run_name, data_name=data_name, data_dir=data_dir)
+    else:
+        config = dvae_config(fields, name=run_name, beta=beta, data_name=data_name, data_dir=data_dir)
     extra = dict(
         preset=preset or "",
         config_ini=os.path.abspath(config_ini) if isinstance(config_ini, (str, os.PathLike)) else "",
@@ -239,4 +264,12 @@ def import_speech_vqvae(
     return _write(out, config, variables)
 
 
-__all__ = ["AUDIO", "detect_family", "dvae_config", "import_dvae", "import_speech_vqvae", "speech_vqvae_config"]
+__all__ = [
+    "AUDIO",
+    "detect_family",
+    "dvae_config",
+    "import_dvae",
+    "import_speech_vqvae",
+    "source_filter_config",
+    "speech_vqvae_config",
+]

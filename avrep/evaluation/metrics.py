@@ -84,21 +84,32 @@ def stoi(reference, estimate, sample_rate: int = 16000, extended: bool = False) 
     return float(value)
 
 
+def _pesq(name: str, mode: str, rates: tuple[int, ...], reference, estimate, sample_rate: int) -> float:
+    if sample_rate not in rates:
+        band, khz = {"wb": "wide-band", "nb": "narrow-band"}[mode], " or ".join(str(r // 1000) for r in rates)
+        raise ValueError(f"{name}: {band} PESQ needs {khz} kHz audio, got sample_rate={sample_rate}")
+    ref, est = _pair_1d(reference, estimate)
+    if not (np.any(ref) and np.any(est)):
+        raise ValueError(f"{name}: the reference or the estimate is all zeros")
+    try:
+        return float(pesq_lib.pesq(sample_rate, ref, est, mode))
+    except pesq_lib.PesqError as e:
+        raise ValueError(f"{name}: {type(e).__name__}: {e}") from e
+
+
 def pesq_wb(reference, estimate, sample_rate: int = 16000) -> float:
-    """Wide-band PESQ (ITU-T P.862.2, MOS-LQO scale, at most about 4.64).
+    """Wide-band PESQ (ITU-T P.862.2, MOS-LQO scale, at most about 4.64) of 16 kHz signals.
 
     Errors of the PESQ library (no utterances detected, signal too short) are
     raised as ValueError naming the problem.
     """
-    if sample_rate != 16000:
-        raise ValueError(f"pesq_wb: wide-band PESQ needs 16 kHz audio, got sample_rate={sample_rate}")
-    ref, est = _pair_1d(reference, estimate)
-    if not (np.any(ref) and np.any(est)):
-        raise ValueError("pesq_wb: the reference or the estimate is all zeros")
-    try:
-        return float(pesq_lib.pesq(sample_rate, ref, est, "wb"))
-    except pesq_lib.PesqError as e:
-        raise ValueError(f"pesq_wb: {type(e).__name__}: {e}") from e
+    return _pesq("pesq_wb", "wb", (16000,), reference, estimate, sample_rate)
+
+
+def pesq_nb(reference, estimate, sample_rate: int = 16000) -> float:
+    """Narrow-band PESQ (ITU-T P.862, MOS-LQO via P.862.1) of 16 kHz or 8 kHz signals (the library filters 16 kHz
+    input to the telephone band); errors as :func:`pesq_wb`."""
+    return _pesq("pesq_nb", "nb", (8000, 16000), reference, estimate, sample_rate)
 
 
 def rmse(reference, estimate) -> float:
@@ -111,6 +122,7 @@ AUDIO_METRIC_FUNCTIONS = {
     "stoi": lambda ref, est, sr: stoi(ref, est, sr),
     "estoi": lambda ref, est, sr: stoi(ref, est, sr, extended=True),
     "pesq": lambda ref, est, sr: pesq_wb(ref, est, sr),
+    "pesq_nb": lambda ref, est, sr: pesq_nb(ref, est, sr),
     "si_sdr": lambda ref, est, sr: si_sdr(ref, est),
     "rmse": lambda ref, est, sr: rmse(ref, est),
 }

@@ -10,6 +10,7 @@ import numpy as np
 
 from avrep import runs
 from avrep.evaluation import dvae as dvae_eval
+from avrep.evaluation import enhancement as enhancement_eval
 from avrep.evaluation import manipulation, resynthesis
 from avrep.evaluation import vqmae as vqmae_eval
 from avrep.evaluation.emotion import EmotionProtocol, run_emotion_evaluation
@@ -334,12 +335,21 @@ def _evaluate_dvae(model, run_dir: str, ev: Evaluation) -> None:
     ev.log(f"[avrep] evaluated {run_dir} (step {best}, lowest validation loss)")
 
 
+def _evaluate_source_filter(model, run_dir: str, ev: Evaluation) -> None:
+    """Source-filter VAE: its own tables and figures ([Sadok-thesis] Tables 3.1, 3.3, Figs. 3.5, 3.6 forms)."""
+    from avrep.evaluation import source_filter_experiments  # deferred: librosa / matplotlib only when needed
+
+    written = source_filter_experiments.evaluate_run(run_dir, ev.out_dir, log=ev.log)
+    ev.log(f"[avrep] evaluated {run_dir} (source-filter): {sorted(written.values())}")
+
+
 EVALUATORS: dict[str, Callable] = {
     "vqvae": _evaluate_vqvae,
     **{family: _evaluate_sequence for family in LATENTS},
     "vqmae": _evaluate_vqmae_pretraining,
     "vqmae_finetune": _evaluate_vqmae_finetuning,
     "dvae": _evaluate_dvae,
+    "source_filter": _evaluate_source_filter,
 }
 
 
@@ -376,4 +386,6 @@ def evaluate_workdir(workdir: str, *, log: Callable[[str], None] = print, **opti
             log(f"[avrep] wrote {written[table.name][0]}")
     if ev.representations:
         written["emotion"] = _emotion_tables(ev)
+    if os.path.isfile(os.path.join(workdir, enhancement_eval.PLAN_FILE)):  # a speech-enhancement workdir
+        written.update(enhancement_eval.evaluate_plan(workdir, ev.out_dir, log=log, limit=ev.limit))
     return written

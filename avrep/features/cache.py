@@ -23,7 +23,7 @@ from avrep.features.tokenizers import MODALITIES, FrozenTokenizers
 from data_pipelines.spec import DataError, feature_field
 
 INDEX_FILE = "index.json"
-CACHE_FORMAT = 3  # bump when the files or the index change
+CACHE_FORMAT = 4  # bump when the files or the index change
 LABEL_FIELDS = ("emotion", "intensity")  # kept in the cache index (with the speaker), for evaluations
 
 
@@ -81,6 +81,8 @@ def _fingerprint(tokenizers: FrozenTokenizers, source, min_frames: int, outputs:
         "tokenizers": tokenizers.fingerprint(),
         "source": source.description,
         "records": len(source),
+        # The data's content, where the source can tell it (a TFDS split: its files' sizes and times).
+        "manifest": source.manifest() if hasattr(source, "manifest") else None,
         "audio": {k: str(v) for k, v in dict(tokenizers.audio_cfg).items()},
         "min_frames": min_frames,
         "outputs": outputs,
@@ -99,16 +101,19 @@ def build_feature_cache(
     log=print,
 ) -> FeatureSource:
     """The tokenizers' ``outputs`` ("features" for stage 2, "indices" for VQ-MAE) for every record of
-    ``source``, written to ``directory`` (reused when its fingerprint matches: same tokenizer checkpoints,
-    data, framing and outputs). Utterances with fewer than ``min_frames`` video frames are skipped, listed
-    in the index (``skipped``) and counted in a printed message."""
+    ``source``, written to ``directory`` (reused when its fingerprint matches: the same tokenizers by content,
+    i.e. weights and config, the same data files, framing and outputs). Utterances with fewer than
+    ``min_frames`` video frames are skipped, listed in the index (``skipped``) and counted in a printed message."""
     fingerprint = _fingerprint(tokenizers, source, min_frames, outputs, audio_rate)
     index_path = os.path.join(directory, INDEX_FILE)
     if os.path.exists(index_path):
         with open(index_path) as f:
-            if json.load(f).get("fingerprint") == fingerprint:
-                return FeatureSource(directory)
-        log(f"[avrep] feature cache {directory} is stale (other tokenizers, data or outputs): rebuilding")
+            index = json.load(f)
+        if index.get("fingerprint") == fingerprint:
+            log(f"[avrep] feature cache {directory}: reused ({len(index['utterances'])} utterances)")
+            return FeatureSource(directory)
+        changed = sorted(k for k in fingerprint if index.get("fingerprint", {}).get(k) != fingerprint[k])
+        log(f"[avrep] feature cache {directory} is stale (changed: {', '.join(changed)}): rebuilding")
     tmp = f"{directory}.tmp-{hashlib.sha1(directory.encode()).hexdigest()[:8]}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -165,6 +170,7 @@ def build_feature_cache(
             f"[avrep] feature cache: skipped {len(skipped)} utterance(s) shorter than {min_frames} frames "
             f"(listed in {index_path})"
         )
+    log(f"[avrep] feature cache {directory}: built ({len(utterances)} utterances, {offset} frames)")
     return FeatureSource(directory)
 
 

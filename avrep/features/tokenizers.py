@@ -44,6 +44,39 @@ def restored_variables(path: str, step: int, abstract) -> dict:
     return _RESTORED[key]
 
 
+# The settings a tokenizer must share with the run that reads it (config block, key), per modality.
+TOKENIZER_SETTINGS = {
+    "audio": (("audio", "sample_rate"), ("audio", "n_fft"), ("audio", "hop")),
+    "visual": (("data", "image_size"), ("data", "fps")),
+}
+
+
+def check_tokenizer_settings(config: Mapping, modality: str, path: str, tokenizer_config) -> None:
+    """Raises, naming the key, when the tokenizer was trained with another sample rate, FFT, hop, image size or
+    frame rate than this run uses (it would train on silently wrong features, or fail after the cache is built)."""
+    for block, key in TOKENIZER_SETTINGS[modality]:
+        theirs, ours = tokenizer_config.get(block, {}).get(key), config[block].get(key)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise ValueError(
+                f"config key tokenizers.{modality}={path}: the tokenizer was trained with {block}.{key}={theirs}, "
+                f"this run has {block}.{key}={ours}; expected a tokenizer of this run's setting"
+            )
+
+
+def _missing_tokenizer(config: Mapping, modality: str) -> str:
+    finetune = config.get("finetune") or {}
+    if "pretrained" in finetune:  # fine-tuning takes its tokenizers from the pre-training run
+        pretrained = str(finetune["pretrained"])
+        if not pretrained:
+            return "config key finetune.pretrained is empty: expected the run directory of a VQ-MAE pre-training run"
+        if not os.path.isdir(pretrained):
+            return f"config key finetune.pretrained={pretrained} does not exist: expected a VQ-MAE pre-training run"
+    return (
+        f"config key tokenizers.{modality} is empty: expected the run directory of a "
+        f"trained {modality} VQ-VAE (e.g. W/vqvae_{modality})"
+    )
+
+
 class FrozenTokenizers:
     """The trained audio and visual VQ-VAEs named by ``config.tokenizers`` (run directories)."""
 
@@ -56,10 +89,7 @@ class FrozenTokenizers:
         for modality in MODALITIES:
             path = str(config["tokenizers"][modality])
             if not path:
-                raise ValueError(
-                    f"config key tokenizers.{modality} is empty: expected the run directory of a "
-                    f"trained {modality} VQ-VAE (e.g. W/vqvae_{modality})"
-                )
+                raise ValueError(_missing_tokenizer(config, modality))
             tokenizer_config = runs.read_config(path)
             if tokenizer_config.get("task") != "vqvae" or tokenizer_config.model.get("modality") != modality:
                 raise ValueError(
@@ -67,6 +97,7 @@ class FrozenTokenizers:
                     f"{tokenizer_config.get('task')}/{tokenizer_config.model.get('modality')} run; "
                     f"expected a {modality} VQ-VAE"
                 )
+            check_tokenizer_settings(config, modality, path, tokenizer_config)
             # Resolved: a run reached through a symlinked directory is the same tokenizer (same cache key).
             self.paths[modality] = os.path.realpath(path)
             self.steps[modality] = runs.resolve_checkpoint(path)[1]
@@ -91,7 +122,16 @@ class FrozenTokenizers:
         return self.modules[modality].apply(self.variables(modality), *args, **kwargs)
 
     def fingerprint(self) -> dict:
-        return {m: {"path": self.paths[m], "step": self.steps[m]} for m in MODALITIES}
+        """Identifies the tokenizers by content (weights and config), not only by path and step: a tokenizer
+        retrained into the same directory gives another fingerprint."""
+        return {
+            m: {
+                "path": self.paths[m],
+                "step": self.steps[m],
+                "digest": runs.content_digest(self.paths[m], self.steps[m]),
+            }
+            for m in MODALITIES
+        }
 
     def encode(self, power: jax.Array, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """power [N, 513], images [N, H, W, 3] in [-0.5, 0.5] -> features [N, 512], [N, 2048] (no gradient)."""

@@ -154,8 +154,9 @@ SAMPLE_RNG = "sample"
 # ------------------------------------------------------------ building blocks ---
 
 
-def _noise(module, shape):
-    return jax.random.normal(module.make_rng(SAMPLE_RNG), shape)
+def _noise(module, shape, dtype=jnp.float32):
+    # Drawn in float32, then rounded: the same draws under either computation dtype.
+    return jax.random.normal(module.make_rng(SAMPLE_RNG), shape).astype(dtype)
 
 
 class StaticEncoder(nn.Module):
@@ -256,13 +257,14 @@ def _infer_dynamics(module, conds: Mapping[str, Sequence[jax.Array]], sample: bo
     chains = {n: getattr(module, n) for n in conds}
     pres = {n: chains[n].condition(c) for n, c in conds.items()}
     batch, time = next(iter(pres.values())).shape[:2]
-    eps = {n: _noise(module, (batch, time, c.dim)) if sample else None for n, c in chains.items()}
+    dtype = next(iter(pres.values())).dtype  # the computation dtype (avrep.nn.precision) for carries and noise
+    eps = {n: _noise(module, (batch, time, c.dim), dtype) if sample else None for n, c in chains.items()}
 
     def body(mdl, h, x):
         out = {n: getattr(mdl, n).posterior_step(h[n], *x[n]) for n in x}
         return {n: o[0] for n, o in out.items()}, {n: o[1] for n, o in out.items()}
 
-    h0 = {n: jnp.zeros((batch, c.gru_hidden)) for n, c in chains.items()}
+    h0 = {n: jnp.zeros((batch, c.gru_hidden), dtype) for n, c in chains.items()}
     xs = recurrent.time_major({n: (pres[n], eps[n]) for n in chains})
     state, ys = recurrent.scan(module, body, h0, xs, time)
     ys = recurrent.time_major(ys)
@@ -297,7 +299,7 @@ def _sample_dynamics(
 
 
 def _static_sample(module, mean, logvar, sample: bool):
-    return gaussian.reparameterize(mean, logvar, _noise(module, mean.shape)) if sample else mean
+    return gaussian.reparameterize(mean, logvar, _noise(module, mean.shape, mean.dtype)) if sample else mean
 
 
 def _feature_dim(dim_in: int, hidden: tuple[int, ...]) -> int:

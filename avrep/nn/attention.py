@@ -1,8 +1,10 @@
 """Transformer building blocks: multi-head attention, MLP, pre-LN and post-LN blocks, pooling.
 
 :class:`Attention` is ``nn.MultiHeadDotProductAttention`` with the same parameters, computed
-faster on CPU (a looped, flash-style core with a custom VJP); :func:`batched_attention` forces
-the batched form. :class:`Block` / :class:`Stack` are timm's pre-LN ViT blocks,
+faster on CPU (a looped, flash-style core with a custom VJP) and through
+``jax.nn.dot_product_attention`` on GPU and TPU (:func:`_attention_core` decides, by the platform the
+step is lowered for); :func:`batched_attention` forces the batched form. :class:`Block` /
+:class:`Stack` are timm's pre-LN ViT blocks,
 :class:`CrossAttentionBlock` and :class:`AttentionPooling` the VQ-MAE authors' cross-attention
 block and learned-query pooling, :class:`PostNormLayer` PyTorch's post-norm transformer layer.
 :func:`sincos_positions` is MAE's sin-cos position table.
@@ -119,7 +121,9 @@ def _project_heads(x, params):
 
 
 def _masked_scores(q, k, mask):
-    s = jnp.einsum("...qd,...kd->...qk", q, k)
+    """Scores q kᵀ as float32 (the softmax statistics stay float32 under bfloat16 inputs, as flax's
+    ``force_fp32_for_softmax``), masked scores at the float minimum as flax."""
+    s = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32)
     return s if mask is None else jnp.where(mask, s, jnp.finfo(s.dtype).min)
 
 
@@ -127,14 +131,16 @@ def _attention_core(q, k, v, mask):
     """softmax(q kᵀ, masked) v per leading index: q [G, N_q, d], k, v [G, N_k, d], mask
     [G, N_q or 1, N_k] bool or None -> [G, N_q, d] (see :class:`Attention`).
 
-    The loop is for CPU caches; on an accelerator it would serialise small matmuls, so
-    there the batched form (flax's computation) is used. :func:`batched_attention` forces
-    the batched form while tracing (benchmarks count FLOPs with it: XLA's cost analysis
-    counts a loop's body once).
+    The one place that picks the attention kernel, by the platform the step is lowered for (so a step
+    exported for GPU or TPU from a CPU host gets their kernel): on CPU the loop over (example, head)
+    pairs, for CPU caches; elsewhere ``jax.nn.dot_product_attention`` (:func:`_attention_core_accelerator`),
+    where XLA picks cuDNN's fused attention when it applies (a loop there would serialise small matmuls).
+    :func:`batched_attention` forces the batched form on every platform while tracing (benchmarks count
+    FLOPs with it: XLA's cost analysis counts a loop's body once). All three are tested equal.
     """
-    if jax.default_backend() == "cpu" and not _FORCE_BATCHED_ATTENTION:
-        return _attention_core_looped(q, k, v, mask)
-    return _attention_core_batched(q, k, v, mask)
+    if _FORCE_BATCHED_ATTENTION:
+        return _attention_core_batched(q, k, v, mask)
+    return jax.lax.platform_dependent(q, k, v, mask, cpu=_attention_core_looped, default=_attention_core_accelerator)
 
 
 _FORCE_BATCHED_ATTENTION = False
@@ -153,7 +159,19 @@ def batched_attention():
 
 
 def _attention_core_batched(q, k, v, mask):
-    return jnp.einsum("gqk,gkd->gqd", jax.nn.softmax(_masked_scores(q, k, mask)), v)
+    p = jax.nn.softmax(_masked_scores(q, k, mask))
+    return jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v)
+
+
+def _attention_core_accelerator(q, k, v, mask):
+    """``jax.nn.dot_product_attention`` on [G, N, 1 head, d] (q is scaled already; its XLA form computes
+    the softmax in float32, masked scores at a large negative value: the same function). ``implementation``
+    is left to JAX: XLA's form in JAX 0.10 (cuDNN's fused kernel is only used when named, and needs
+    half-precision inputs)."""
+    o = jax.nn.dot_product_attention(
+        q[:, :, None], k[:, :, None], v[:, :, None], mask=None if mask is None else mask[:, None], scale=1.0
+    )
+    return o[:, :, 0]
 
 
 @jax.custom_vjp
@@ -168,7 +186,9 @@ def _attention_core_fwd(q, k, v, mask):
         m = s.max(-1, keepdims=True)
         e = jnp.exp(s - m)
         total = e.sum(-1, keepdims=True)
-        return (e @ v) / total, (m, total)  # normalising after the value product: [N_q, d], not [N_q, N_k]
+        # normalising after the value product: [N_q, d], not [N_q, N_k]
+        o = jnp.matmul(e.astype(v.dtype), v, preferred_element_type=jnp.float32) / total
+        return o.astype(q.dtype), (m, total)
 
     o, (m, total) = jax.lax.map(one, (q, k, v, mask))
     return o, (q, k, v, mask, o, m, total)
@@ -176,14 +196,16 @@ def _attention_core_fwd(q, k, v, mask):
 
 def _attention_core_bwd(res, do):
     q, k, v, mask, o, m, total = res
-    delta = jnp.sum(do * o, -1, keepdims=True)  # Σ_k p·dp = Σ_d do·o (the softmax gradient's row term)
+    # Σ_k p·dp = Σ_d do·o (the softmax gradient's row term)
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), -1, keepdims=True)
 
     def one(args):
         q, k, v, mask, do, m, total, delta = args
         p = jnp.exp(_masked_scores(q, k, mask) - m) / total  # the forward's probabilities, recomputed
-        ds = p * (do @ v.T - delta)
+        ds = p * (jnp.matmul(do, v.T, preferred_element_type=jnp.float32) - delta)
         if mask is not None:  # flax's where() passes no gradient to masked scores (matters for all-masked rows)
             ds = jnp.where(mask, ds, 0.0)
+        ds, p = ds.astype(q.dtype), p.astype(q.dtype)
         return ds @ k, ds.T @ q, p.T @ do
 
     dq, dk, dv = jax.lax.map(one, (q, k, v, mask, do, m, total, delta))

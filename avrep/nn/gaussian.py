@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from avrep.nn.precision import at_least_float32
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -45,14 +47,17 @@ def kl_divergence(
     """KL(N(mean_q, exp(logvar_q)) || N(mean_p, exp(logvar_p))), summed over the last axis.
 
     ``1/2 sum_d [logvar_p - logvar_q + (exp(logvar_q) + (mean_q - mean_p)^2) / exp(logvar_p) - 1]``.
-    The default p is N(0, I). Arguments broadcast against each other.
+    The default p is N(0, I). Arguments broadcast against each other. Computed in float32 at least (bfloat16
+    inputs: mixed precision, ``avrep.nn.precision``).
     """
+    mean_q, logvar_q, mean_p, logvar_p = map(at_least_float32, (mean_q, logvar_q, mean_p, logvar_p))
     d = logvar_p - logvar_q + jnp.exp(logvar_q - logvar_p) + jnp.square(mean_q - mean_p) * jnp.exp(-logvar_p) - 1.0
     return 0.5 * jnp.sum(d, axis=-1)
 
 
 def gaussian_log_likelihood(x: jax.Array, mean: jax.Array, logvar: jax.Array | float = 0.0) -> jax.Array:
-    """log N(x; mean, exp(logvar)) summed over the last axis; unit variance by default."""
+    """log N(x; mean, exp(logvar)) summed over the last axis; unit variance by default; float32 at least."""
+    x, mean, logvar = map(at_least_float32, (x, mean, logvar))
     d = jnp.square(x - mean) * jnp.exp(-logvar) + logvar + LOG_2PI
     return -0.5 * jnp.sum(d, axis=-1)
 

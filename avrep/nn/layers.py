@@ -161,7 +161,7 @@ def conv(x, kernel, stride: int, padding: int, impl: str = "fast"):
     letters = "pqr"[:ndim], "uvw"[:ndim], "jkl"[:ndim]
     spec = ",".join(a + b + j for a, b, j in zip(*letters))
     spec += f",{letters[2]}co->{letters[0]}{letters[1]}co"
-    kernel = jnp.einsum(spec, *([select] * ndim), kernel)
+    kernel = jnp.einsum(spec, *([select.astype(kernel.dtype)] * ndim), kernel)
     kernel = kernel.reshape(*([taps] * ndim), -1, kernel.shape[-1])
     return _conv_s1(x, kernel, ((0, 0),) * ndim)
 
@@ -328,7 +328,8 @@ class BatchNorm(nn.Module):
         mul *= self.param("scale", nn.initializers.ones, (features,), jnp.float32).reshape(shape)
         y *= mul
         y += self.param("bias", nn.initializers.zeros, (features,), jnp.float32).reshape(shape)
-        return jnp.asarray(y, jnp.result_type(x, jnp.float32))
+        # Statistics in float32, the output in the input's dtype (bfloat16 under mixed precision).
+        return jnp.asarray(y, jnp.result_type(x, jnp.float32)).astype(x.dtype)
 
 
 class ConcatDense(nn.Module):

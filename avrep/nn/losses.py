@@ -15,6 +15,8 @@ import numpy as np
 import optax
 from scipy import ndimage
 
+from avrep.nn.precision import at_least_float32
+
 _REDUCTIONS = ("mean", "sum_bins")
 
 
@@ -29,7 +31,7 @@ def _reduce(d: jax.Array, reduce: str) -> jax.Array:
 
 def itakura_saito(x: jax.Array, x_hat: jax.Array, eps: float = 1e-10, reduce: str = "mean") -> jax.Array:
     """IS divergence of the power spectrum ``x`` from its estimate ``x_hat``."""
-    ratio = (x + eps) / (x_hat + eps)
+    ratio = (at_least_float32(x) + eps) / (at_least_float32(x_hat) + eps)
     return _reduce(ratio - jnp.log(ratio) - 1.0, reduce)
 
 
@@ -40,14 +42,14 @@ def itakura_saito_from_log(x: jax.Array, log_x_hat: jax.Array, eps: float = 1e-1
     ``exp(log_x_hat)``, so it stays finite where x_hat would under/overflow. It
     equals :func:`itakura_saito` up to the eps added to x_hat there.
     """
-    x = x + eps
+    x, log_x_hat = at_least_float32(x) + eps, at_least_float32(log_x_hat)
     d = x * jnp.exp(-log_x_hat) - jnp.log(x) + log_x_hat - 1.0
     return _reduce(d, reduce)
 
 
 def mse(x: jax.Array, x_hat: jax.Array) -> jax.Array:
-    """Mean squared error over all elements."""
-    return jnp.mean(jnp.square(x - x_hat))
+    """Mean squared error over all elements (float32 at least)."""
+    return jnp.mean(jnp.square(at_least_float32(x) - at_least_float32(x_hat)))
 
 
 # SSIM settings of Wang et al. 2004, shared with the evaluation metric (avrep.evaluation.metrics):

@@ -87,7 +87,9 @@ class VectorQuantizerEMA(nn.Module):
         codes used at least once in the batch); the last three are scalars.
         """
         self._check_dim(z_e)
-        flat = z_e.reshape(-1, self.code_dim)
+        # Distances, counts and EMA statistics in float32 whatever the computation dtype (avrep.nn.precision):
+        # bfloat16 counts stop being exact integers above 256.
+        flat = z_e.reshape(-1, self.code_dim).astype(jnp.float32)
         indices = jnp.argmin(squared_distances(flat, self.codebook.value), axis=-1)
         onehot = jax.nn.one_hot(indices, self.num_codes, dtype=flat.dtype)
         counts = jnp.sum(onehot, axis=0)
@@ -107,10 +109,10 @@ class VectorQuantizerEMA(nn.Module):
 
         quantized = quantized.reshape(z_e.shape)
         sg = jax.lax.stop_gradient
-        commitment = self.commitment_cost * jnp.mean(jnp.square(z_e - sg(quantized)))
+        commitment = self.commitment_cost * jnp.mean(jnp.square(z_e.astype(jnp.float32) - sg(quantized)))
         probs = counts / flat.shape[0]
         return dict(
-            z_q=z_e + sg(quantized - z_e),
+            z_q=z_e + sg(quantized.astype(z_e.dtype) - z_e),
             indices=indices.astype(jnp.int32).reshape(z_e.shape[:-1]),
             commitment_loss=commitment,
             perplexity=jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10))),

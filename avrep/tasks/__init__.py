@@ -13,6 +13,7 @@ from avrep import runs
 from avrep.tasks.base import Task
 from avrep.tasks.dvae import DVAETask
 from avrep.tasks.mdvae import FAMILIES, SequenceVAETask
+from avrep.tasks.source_filter import SourceFilterTask
 from avrep.tasks.vqmae import VQMAEFinetuneTask, VQMAEPretrainTask
 from avrep.tasks.vqvae import VQVAETask
 
@@ -22,6 +23,7 @@ TASKS: dict[str, type[Task]] = {
     "vqmae": VQMAEPretrainTask,
     "vqmae_finetune": VQMAEFinetuneTask,
     "dvae": DVAETask,
+    "source_filter": SourceFilterTask,
 }
 
 

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from avrep.nn import precision
 from data_pipelines.spec import AudioFraming, PipelineSpec
 
 Variables = dict[str, Any]
@@ -25,6 +26,22 @@ class Task(abc.ABC):
 
     def __init__(self, config: Mapping):
         self.config = config
+        self.compute_dtype  # noqa: B018 -- rejects a bad model.dtype when the task is built
+
+    @property
+    def compute_dtype(self):
+        """The computation dtype (config key ``model.dtype``, default float32; see ``avrep.nn.precision``)."""
+        return precision.compute_dtype(str(self.config["model"].get("dtype", "float32")))
+
+    def computation(self, params, *inputs):
+        """``params`` and floating ``inputs`` cast to the computation dtype, the start of a mixed-precision
+        loss (parameters stay float32 in the train state; their gradients come back float32)."""
+        return precision.cast_floating((params, *inputs), self.compute_dtype)
+
+    @staticmethod
+    def outputs_float32(outputs):
+        """A model's floating outputs in float32 before the loss terms."""
+        return precision.cast_floating(outputs, np.float32)
 
     @property
     @abc.abstractmethod

@@ -217,9 +217,11 @@ class SequenceVAETask(Task):
 
     def loss(self, params, model_state, batch, rng, step):
         x = self.scale(model_state, self.features(batch))
+        compute_params, *inputs = self.computation(params, *self.model_inputs(x))
         out = self._module.apply(
-            {"params": params, **self.module_variables(model_state)}, *self.model_inputs(x), rngs={"sample": rng}
+            {"params": compute_params, **self.module_variables(model_state)}, *inputs, rngs={"sample": rng}
         )
+        out = self.outputs_float32(out)
         beta = self.kl_weight(step)
         if self.family == "jointmvae":
             terms = jointmvae_loss(

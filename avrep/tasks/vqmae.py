@@ -192,7 +192,9 @@ class VQMAEPretrainTask(_IndexInputs):
         return dict(self._module.init({"params": params_rng, "mask": mask_rng}, *x))
 
     def loss(self, params, model_state, batch, rng, step):
-        out = self._module.apply({"params": params}, *self.model_inputs(batch), rngs={"mask": rng})
+        (compute_params,) = self.computation(params)
+        out = self._module.apply({"params": compute_params}, *self.model_inputs(batch), rngs={"mask": rng})
+        out = self.outputs_float32(out)
         loss, terms = vqmae_loss(
             out,
             temperature=self.temperature,
@@ -386,7 +388,8 @@ class VQMAEFinetuneTask(_IndexInputs):
         return self._module.apply(variables, *self.model_inputs(batch))
 
     def loss(self, params, model_state, batch, rng, step):
-        logits = self.logits({"params": params}, batch)
+        (compute_params,) = self.computation(params)
+        logits = self.outputs_float32(self.logits({"params": compute_params}, batch))
         labels = batch[self.label]
         loss = asymmetric_loss(logits, labels, **self.asl)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)

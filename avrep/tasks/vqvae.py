@@ -73,9 +73,15 @@ class VQVAETask(Task):
         if self.modality == "visual":
             aug = self.config["data"].get("augment", {})
             x = augment_images(x, augment_rng, bool(aug.get("hflip", False)), float(aug.get("color_jitter", 0.0)))
+        compute_params, compute_x = self.computation(params, x)
         out, new_state = self._module.apply(
-            {"params": params, **model_state}, x, train=True, mutable=list(model_state), rngs={"vq": vq_rng}
+            {"params": compute_params, **model_state},
+            compute_x,
+            train=True,
+            mutable=list(model_state),
+            rngs={"vq": vq_rng},
         )
+        out = self.outputs_float32(out)
         if self.recon_loss == "itakura_saito":
             recon = itakura_saito_from_log(x, out["log_recon"])
         else:

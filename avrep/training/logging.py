@@ -13,6 +13,27 @@ import tqdm
 from avrep.runs import METRICS_FILE
 
 
+def _drop_rows_after(path: str, step: int) -> None:
+    """Keeps the rows of steps <= ``step`` (the one resumed from): the steps a killed run logged after its last
+    checkpoint run again, and each step appears once."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() and _row_step(line) <= step]
+    if len(kept) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a row cut short by a kill
+        return float("inf")
+
+
 class MetricLogger:
     """Writes ``metrics.jsonl`` and TensorBoard events in a run's workdir (process 0 only)."""
 
@@ -23,10 +44,13 @@ class MetricLogger:
         self._jsonl = self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+            path = os.path.join(workdir, METRICS_FILE)
+            _drop_rows_after(path, initial_step)
+            self._jsonl = open(path, "a")
             from tensorboardX import SummaryWriter  # imported lazily: only process 0 writes events
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # purge_step: TensorBoard discards the events a killed run wrote after the step it resumes from.
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=initial_step + 1)
         self._bar = tqdm.tqdm(
             total=total_steps,
             initial=initial_step,

@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import signal
+import threading
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 
 from avrep import runs
@@ -27,6 +28,7 @@ from avrep.training import mesh as mesh_lib
 from avrep.training.checkpointing import Checkpointer
 from avrep.training.logging import MetricLogger
 from avrep.training.optimizer import make_optimizer
+from avrep.training.step import _train_state, compile_train_step, create_state, make_train_step  # noqa: F401
 from data_pipelines import registry
 from data_pipelines.pipelines import training_iterator
 from data_pipelines.sources import open_source
@@ -50,63 +52,95 @@ def _batch_digest(batch) -> str:
     return h.hexdigest()
 
 
-def make_train_step(task, tx: optax.GradientTransformation, schedule):
-    """The pure training step (not yet compiled)."""
+class Interrupted(Exception):
+    """Training stopped by a signal after settling its checkpoints; ``exit_code`` is the shell's 128 + signal."""
 
-    def train_step(state, batch, rng):
-        step_rng = jax.random.fold_in(rng, state["step"])
-        grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-        (loss, (metrics, model_state)), grads = grad_fn(
-            state["params"], state["model_state"], batch, step_rng, state["step"]
-        )
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]))
-        new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state, "opt_state": opt_state}
-        return new_state, metrics
-
-    return train_step
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-def _train_state(step: int, variables: dict, opt_state, mesh) -> dict:
-    """The step's state: ``params`` trained by the optimizer, other collections as ``model_state``."""
-    return {
-        "step": jax.device_put(jnp.asarray(step, jnp.int32), mesh_lib.replicated(mesh)),
-        "params": variables["params"],
-        "model_state": {k: v for k, v in variables.items() if k != "params"},
-        "opt_state": opt_state,
-    }
+def _positive(config: ml_collections.ConfigDict, key: str, *, allow_zero: bool = False, number=int):
+    block, field = key.split(".")
+    value = config[block].get(field, 0)
+    try:
+        ok = number(value) == value and (number(value) >= 0 if allow_zero else number(value) > 0)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        what = "a number >= 0 (0: off)" if allow_zero else "a positive integer"
+        raise ValueError(f"config key {key}={value!r}: expected {what}")
+    return number(value)
 
 
-def create_state(task, tx: optax.GradientTransformation, mesh, rng: jax.Array) -> dict:
-    """Freshly initialised train state, replicated over ``mesh``."""
-    replicated = mesh_lib.replicated(mesh)
-    variables = jax.jit(task.init_variables, out_shardings=replicated)(rng, task.dummy_batch())
-    variables = jax.device_put(task.warm_start(variables), replicated)
-    return _train_state(0, variables, jax.jit(tx.init, out_shardings=replicated)(variables["params"]), mesh)
+def check_train_config(config: ml_collections.ConfigDict) -> None:
+    """The loop's own config keys, checked before any data or compile work (one line naming the key)."""
+    for key in ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.max_checkpoints_to_keep"):
+        _positive(config, key)
+    _positive(config, "train.checkpoint_every_minutes", allow_zero=True, number=float)
 
 
-def compile_train_step(task, tx, schedule, mesh, state):
-    """``jax.jit`` of the step with explicit shardings: state replicated and donated, batch split."""
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    replicated = mesh_lib.replicated(mesh)
-    return jax.jit(
-        make_train_step(task, tx, schedule),
-        in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=(0,),
-    )
+class _Signals:
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) turned into a flag the loop reads after every step. A second Ctrl-C
+    interrupts at once. Multi-process runs read SIGTERM through JAX's preemption sync point instead, so every
+    process saves at the same step."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be set from the main thread
+        wanted = [signal.SIGINT] + ([signal.SIGTERM] if jax.process_count() == 1 else [])
+        for signum in wanted:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def preempted(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            try:
+                return multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # the preemption service is off (jax_enable_preemption_service)
+                return False
+        return self.received == signal.SIGTERM
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the last metrics."""
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir``, resuming from its latest intact checkpoint; returns the last metrics.
+
+    A run already trained to ``train.num_steps`` returns at once. SIGTERM saves a checkpoint and raises
+    ``Interrupted``; SIGINT lets a checkpoint in flight finish and raises ``Interrupted``."""
     config = ml_collections.ConfigDict(config)
     with config.unlocked():
         config.data.data_dir = resolve_data_dir(config)
+    check_train_config(config)
     task = build_task(config)
+    name = config.get("name", "train")
     num_steps = int(config.train.num_steps)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    checkpointer = Checkpointer(workdir, max_to_keep=int(config.train.max_checkpoints_to_keep))
+    finished = checkpointer.intact_latest_step()
+    if finished is not None and finished >= num_steps:
+        checkpointer.close()
+        if is_main:
+            log(f"[avrep] {name}: already trained to step {finished} ({checkpointer.directory}): nothing to do")
+        return {"step": finished}
 
     # ---------------------------------------------------------------- data
     if is_main:
@@ -139,70 +173,111 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     state = create_state(task, tx, mesh, init_rng)
 
     # ---------------------------------------------------------------- checkpoint restore
-    checkpointer = Checkpointer(workdir, max_to_keep=int(config.train.max_checkpoints_to_keep))
-    start = checkpointer.latest_step() or 0
+    variables = {"params": state["params"], **state["model_state"]}
+    start, variables, opt_state = checkpointer.restore_latest(
+        _abstract(variables), _abstract(state["opt_state"]), data_iter, log=log if is_main else lambda _: None
+    )
     if start:
-        variables = {"params": state["params"], **state["model_state"]}
-        variables, opt_state = checkpointer.restore(
-            start, _abstract(variables), _abstract(state["opt_state"]), data_iter
-        )
         state = _train_state(start, variables, opt_state, mesh)
+        if is_main:
+            log(f"[avrep] {name}: resumed from step {start} ({checkpointer.directory}/{start})")
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
     # ---------------------------------------------------------------- compiled step
     step_fn = compile_train_step(task, tx, schedule, mesh, state)
+    all_finite = jax.jit(lambda s: _all_finite((s["params"], s["model_state"])))
     validation = Validation(task, config, mesh, workdir, start) if config.data.get("validation_split") else None
 
     # ---------------------------------------------------------------- loop
     log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
-    logger = MetricLogger(workdir, num_steps, start, enabled=is_main, description=config.get("name", "train"))
+    ckpt_seconds = 60 * float(config.train.get("checkpoint_every_minutes", 0))
+    debug = config.get("debug", {})
+    logger = MetricLogger(workdir, num_steps, start, enabled=is_main, description=name)
     digest_file = None
-    if config.get("debug", {}).get("log_batch_digest", False):
+    if debug.get("log_batch_digest", False):
         digest_file = open(os.path.join(workdir, f"batches.process{jax.process_index()}.jsonl"), "a", buffering=1)
-    pending, last = None, {}
+    pending, last, saved_step, saved_at = None, {}, start, time.monotonic()
 
-    def flush(pending):
-        step, metrics = pending
+    def fetch(step, metrics, write=True):
         values = jax.device_get(metrics)
-        logger.write(step, values)
+        if write:
+            logger.write(step, values)
         if not np.isfinite(values["loss"]):  # stop rather than train on (and checkpoint) a diverged state
             raise FloatingPointError(
-                f"{config.get('name', 'train')}: loss is {values['loss']} at step {step} "
+                f"{name}: loss is {values['loss']} at step {step} "
                 f"(metrics { ({k: float(v) for k, v in values.items()}) }); check the inputs "
-                f"(NaN features?) and the learning rate"
+                f"(NaN features?) and the learning rate; last checkpoint: step {saved_step}"
             )
         return values
 
-    for step in range(start, num_steps):
-        if validation is not None and validation.stopped:
-            break
-        local = next(data_iter)
-        if digest_file:
-            digest_file.write(json.dumps({"step": step + 1, "digest": _batch_digest(local)}) + "\n")
-        state, metrics = step_fn(state, mesh_lib.global_batch(local, mesh), step_rng)
-        if pending is not None:  # the previous step's metrics: ready by now, no stall
-            last = flush(pending)
-            pending = None
-        if (step + 1) % log_every == 0 or step + 1 == num_steps:
-            pending = (step + 1, metrics)
-        logger.advance()
-        if (step + 1) % ckpt_every == 0 or step + 1 == num_steps:
-            if validation is not None:
-                logger.write(step + 1, validation.evaluate(state, step + 1), prefix="validation")
-            checkpointer.save(
-                step + 1, {"params": state["params"], **state["model_state"]}, state["opt_state"], data_iter, config
+    def time_to_save(step) -> bool:
+        if not ckpt_seconds:
+            return False
+        if jax.process_count() == 1:
+            return time.monotonic() - saved_at >= ckpt_seconds
+        if step % log_every:  # processes agree at log steps only (one broadcast)
+            return False
+        due = np.int32(time.monotonic() - saved_at >= ckpt_seconds)
+        return bool(multihost_utils.broadcast_one_to_all(due))
+
+    def save(step, state, metrics):
+        nonlocal saved_step, saved_at, last
+        # Never write a diverged state: the step's loss and every parameter are checked first, whatever log_every.
+        last = fetch(step, metrics, write=step % log_every == 0 or step == num_steps)
+        if not bool(jax.device_get(all_finite(state))):
+            raise FloatingPointError(
+                f"{name}: non-finite parameters or model state after step {step}; not saved "
+                f"(last checkpoint: step {saved_step}); check the learning rate"
             )
-        if step + 1 == config.get("debug", {}).get("simulate_preemption_at_step", -1):
-            os.kill(os.getpid(), signal.SIGKILL)  # tests: die abruptly, possibly mid-save
-    if pending is not None:
-        last = flush(pending)
-    checkpointer.wait()
-    checkpointer.close()
-    logger.close()
-    if digest_file:
-        digest_file.close()
+        if validation is not None:
+            logger.write(step, validation.evaluate(state, step), prefix="validation")
+        checkpointer.save(
+            step, {"params": state["params"], **state["model_state"]}, state["opt_state"], data_iter, config
+        )
+        saved_step, saved_at = step, time.monotonic()
+
+    try:
+        with _Signals() as signals:
+            for step in range(start, num_steps):
+                if validation is not None and validation.stopped:
+                    break
+                local = next(data_iter)
+                if digest_file:
+                    digest_file.write(json.dumps({"step": step + 1, "digest": _batch_digest(local)}) + "\n")
+                state, metrics = step_fn(state, mesh_lib.global_batch(local, mesh), step_rng)
+                if pending is not None:  # the previous step's metrics: ready by now, no stall
+                    last = fetch(*pending)
+                    pending = None
+                done = step + 1
+                logger.advance()
+                if done % ckpt_every == 0 or done == num_steps or time_to_save(done):
+                    save(done, state, metrics)
+                elif done % log_every == 0:
+                    pending = (done, metrics)
+                if done == debug.get("simulate_preemption_at_step", -1):  # tests: a signal after this step
+                    os.kill(os.getpid(), getattr(signal, debug.get("simulate_signal", "SIGKILL")))
+                if signals.preempted(done) and done < num_steps:
+                    if saved_step != done:
+                        save(done, state, metrics)
+                    checkpointer.wait()
+                    raise Interrupted(
+                        f"[avrep] {name}: SIGTERM after step {done}: saved checkpoint {done}; exiting", 143
+                    )
+                if signals.received == signal.SIGINT and done < num_steps:
+                    checkpointer.wait()
+                    raise Interrupted(
+                        f"[avrep] {name}: interrupted (Ctrl-C) after step {done}; last checkpoint: step {saved_step}",
+                        130,
+                    )
+            if pending is not None:
+                last = fetch(*pending)
+    finally:
+        checkpointer.close()  # finishes a save in flight: no checkpoint is abandoned half-written
+        logger.close()
+        if digest_file:
+            digest_file.close()
     return {"step": int(state["step"]), **{k: float(np.asarray(v)) for k, v in last.items()}}
 
 

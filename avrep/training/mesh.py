@@ -10,7 +10,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-DATA_AXES = ("data", "fsdp")  # batch is split over both; params are replicated unless a model shards them
+DATA_AXES = ("data", "fsdp")  # batch is split over both; params, optimizer and model state over "fsdp"
+# Arrays smaller than this stay replicated under fsdp: splitting them saves little memory and adds collectives.
+FSDP_MIN_SIZE = 2**14
 
 
 def make_mesh(mesh_config: Mapping[str, int], devices=None) -> Mesh:
@@ -45,6 +47,27 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = FSDP_MIN_SIZE) -> P:
+    """big_vision's "fsdp" rule: an array of at least ``min_size`` elements is split over the ``fsdp`` axis along
+    its largest dimension that ``fsdp`` divides (the first such on ties); other arrays are replicated."""
+    if fsdp <= 1 or math.prod(shape) < min_size:
+        return P()
+    divisible = [i for i, n in enumerate(shape) if n % fsdp == 0]
+    if not divisible:
+        return P()
+    axis = max(divisible, key=lambda i: (shape[i], -i))
+    return P(*(["fsdp" if i == axis else None for i in range(len(shape))]))
+
+
+def state_shardings(tree: Any, mesh: Mesh) -> Any:
+    """``NamedSharding`` for every array of ``tree`` (parameters, optimizer or model state; arrays or shape
+    structs): split over the mesh's ``fsdp`` axis by :func:`fsdp_spec`, replicated when that axis has size 1.
+    XLA then gathers each layer's parameters where the step uses them and reduce-scatters their gradients
+    (ZeRO-3 / FSDP), so each device holds 1/fsdp of the large arrays."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp)), tree)
 
 
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:

@@ -45,7 +45,7 @@ recurrence is a ``lax.scan``; the first layers and the decoders that do not depe
 recurrence run on all frames at once.
 
 ``PRESETS``: the authors' configurations, ``{"dvae/<model>": ..., "dvae_se/<model>": ...,
-"mixdvae/<MOT|SCASS>": ...}``, each a
+"mixdvae/<MOT|SCASS>": ..., "sf_vae/VAE": ...}`` (the last: the IS-VAE of the source-filter VAE, [SF-VAE]), each a
 dict ``{"model": class name, **fields}`` (see :func:`build_model`).
 """
 
@@ -182,6 +182,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         naming="mixdvae",
     ),
     "mixdvae/SCASS": dict(model="SRNN", **_DVAE_SE, **_SRNN, scheduled_sampling=True, naming="mixdvae"),
+    # The source-filter VAE's IS-VAE ([SF-VAE]; [Sadok-thesis] App. A.1): 513 -> 256 -> 64 -> 2 x 16, the decoder
+    # mirrored, tanh, the variance through exp (= gen_logvar). Its released WSJ0 weights name the layers
+    # fc1 ... fc6; avrep.convert.dvae renames them. Front end: periodic Hann 1024, hop 256, reflect padding.
+    "sf_vae/VAE": dict(model="VAE", x_dim=513, z_dim=16, activation="tanh", dense_x_z=(256, 64)),
 }
 
 

@@ -26,8 +26,8 @@ def _step(rnn: LSTM, x, state):
     return rnn.step(rnn.project(x), state)
 
 
-def _zero_state(batch: int, hidden: int):
-    zeros = jnp.zeros((batch, hidden))
+def _zero_state(batch: int, hidden: int, dtype=jnp.float32):
+    zeros = jnp.zeros((batch, hidden), dtype)
     return zeros, zeros
 
 
@@ -64,7 +64,7 @@ class STORN(DVAEBase):
 
     def __call__(self, x, *, sample: bool = True, eps=None):
         xt = self._check_x(x)
-        noise = self._noise(eps, sample, *xt.shape[:2])
+        noise = self._noise(eps, sample, *xt.shape[:2], dtype=xt.dtype)
         g = self.mlp_g_z(self.rnn_g(self.mlp_x_g(xt)))
         mean, logvar = self.inf_mean(g), self.inf_logvar(g)
         z = reparameterize(mean, logvar, noise)
@@ -131,7 +131,7 @@ class VRNN(DVAEBase):
     def __call__(self, x, *, sample: bool = True, eps=None):
         xt = self._check_x(x)
         time, batch = xt.shape[:2]
-        noise = self._noise(eps, sample, time, batch)
+        noise = self._noise(eps, sample, time, batch, dtype=xt.dtype)
         phi_x = self.feature_extractor_x(xt)
 
         def body(mdl, state, inp):
@@ -143,7 +143,7 @@ class VRNN(DVAEBase):
             return _step(mdl.rnn, cat(phi_x_t, phi_z), state), (state[0], z, mean, logvar, phi_z)
 
         _, (h, z, mean, logvar, phi_z) = recurrent.scan(
-            self, body, _zero_state(batch, self.dim_rnn), (phi_x, noise), time
+            self, body, _zero_state(batch, self.dim_rnn, xt.dtype), (phi_x, noise), time
         )
         prior_mean, prior_logvar = self.prior(h)  # all frames at once, from the stored states
         return self._outputs(self.decode(phi_z, h), z, mean, logvar, prior_mean, prior_logvar, h=h)
@@ -266,7 +266,11 @@ class SRNN(DVAEBase):
 
     def _fed_back(self, mean, log_var, noise):
         """x^_t, what the next step reads: exp(log_var) (times Exp(1) draws ``noise`` in ``generate``), or
-        the Gaussian's sample mean + exp(log_var / 2) · noise (its mean when ``noise`` is None)."""
+        the Gaussian's sample mean + exp(log_var / 2) · noise (its mean when ``noise`` is None). A constant
+        to the gradient, as in the authors' SRNN_ss (their VEM's first-step gradients match only so): training
+        with scheduled sampling does not backpropagate through the model's own fed-back predictions."""
+        mean = None if mean is None else jax.lax.stop_gradient(mean)
+        log_var = jax.lax.stop_gradient(log_var)
         if self.output == "gaussian":
             return mean if noise is None else mean + jnp.exp(0.5 * log_var) * noise
         return jnp.exp(log_var) if noise is None else jnp.exp(log_var) * noise
@@ -279,7 +283,7 @@ class SRNN(DVAEBase):
                 "SRNN: eps_x is the noise of the fed-back Gaussian sample; only a model with output='gaussian' "
                 "and scheduled_sampling draws one"
             )
-        noise = self._noise(eps, sample, time, batch)
+        noise = self._noise(eps, sample, time, batch, dtype=xt.dtype)
         h = self.rnn_h(self.mlp_x_h(shift_right(xt)))
         g = cat(h, xt) if self.inference == "causal" else self.rnn_g(self.mlp_hx_g(cat(h, xt)))
 
@@ -298,7 +302,7 @@ class SRNN(DVAEBase):
             return self._outputs(log_var, z, mean, logvar, *self.prior(h, z_tm1), h=h, **extra)
         noise_x = None
         if self.output == "gaussian":
-            noise_x = self._noise(eps_x, sample, time, batch, self.x_dim, "eps_x")
+            noise_x = self._noise(eps_x, sample, time, batch, self.x_dim, "eps_x", dtype=xt.dtype)
         x_mean, log_var, h_gen = self._generation_ss(h, z, use_pred, noise_x)
         extra = {} if x_mean is None else {"mean": x_mean}
         return self._outputs(log_var, z, mean, logvar, *self.prior(h_gen, z_tm1), h=h, h_gen=h_gen, **extra)
@@ -324,7 +328,7 @@ class SRNN(DVAEBase):
             x_mean, log_var = mdl.decode(jnp.where(use_t, state[0], h_t), z_t)
             return (mdl._fed_back(x_mean, log_var, n_t), state), (x_mean, log_var, state[0])
 
-        carry = (jnp.zeros((batch, self.x_dim), z.dtype), _zero_state(batch, self.dim_rnn_h))
+        carry = (jnp.zeros((batch, self.x_dim), z.dtype), _zero_state(batch, self.dim_rnn_h, z.dtype))
         _, (x_mean, log_var, h_gen) = recurrent.scan(self, body, carry, (h, z, use, noise_x), time)
         return x_mean, log_var, h_gen
 

@@ -118,17 +118,20 @@ class DVAEBase(nn.Module):
             raise ValueError(f"{owner}: x contains NaN")
         return jnp.swapaxes(jnp.asarray(x), 0, 1)
 
-    def _noise(self, eps, sample: bool, time: int, batch: int, dim: int | None = None, name: str = "eps"):
+    def _noise(
+        self, eps, sample: bool, time: int, batch: int, dim: int | None = None, name: str = "eps", dtype=jnp.float32
+    ):
         """Time-major reparameterisation noise [T, B, dim]: ``eps`` [B, T, dim] if given, else N(0, I)
-        from the "sample" stream if ``sample``, else None (use the means)."""
+        from the "sample" stream if ``sample``, else None (use the means). ``dtype``: the computation dtype
+        (``avrep.nn.precision``); draws are made in float32 and rounded, the same under either dtype."""
         dim = self.z_dim if dim is None else dim
         if eps is not None:
             shape = tuple(jnp.shape(eps))
             if shape != (batch, time, dim):
                 raise ValueError(f"{type(self).__name__}: {name} has shape {shape}; expected [{batch}, {time}, {dim}]")
-            return jnp.swapaxes(jnp.asarray(eps, jnp.float32), 0, 1)
+            return jnp.swapaxes(jnp.asarray(eps, jnp.float32), 0, 1).astype(dtype)
         if sample:
-            return jax.random.normal(self.make_rng(SAMPLE_RNG), (time, batch, dim))
+            return jax.random.normal(self.make_rng(SAMPLE_RNG), (time, batch, dim)).astype(dtype)
         return None
 
     # -- outputs --------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ class VAE(DVAEBase):
 
     def __call__(self, x, *, sample: bool = True, eps=None):
         xt = self._check_x(x)
-        noise = self._noise(eps, sample, *xt.shape[:2])
+        noise = self._noise(eps, sample, *xt.shape[:2], dtype=xt.dtype)
         h = self.mlp_x_z(xt)
         mean, logvar = self.inf_mean(h), self.inf_logvar(h)
         z = reparameterize(mean, logvar, noise)
@@ -126,7 +126,7 @@ class DKF(DVAEBase):
     def __call__(self, x, *, sample: bool = True, eps=None):
         xt = self._check_x(x)
         time, batch = xt.shape[:2]
-        noise = self._noise(eps, sample, time, batch)
+        noise = self._noise(eps, sample, time, batch, dtype=xt.dtype)
         g = self.rnn_gx(self.mlp_x_gx(xt))
         g = jnp.split(g, 2, axis=-1) if self.bidir_gx else (g,)
 
@@ -203,7 +203,7 @@ class RVAE(DVAEBase):
     def __call__(self, x, *, sample: bool = True, eps=None):
         xt = self._check_x(x)
         time, batch = xt.shape[:2]
-        noise = self._noise(eps, sample, time, batch)
+        noise = self._noise(eps, sample, time, batch, dtype=xt.dtype)
         g_x = self.rnn_g_x(self.mlp_x_gx(xt))
 
         def body(mdl, carry, inp):
@@ -277,10 +277,12 @@ class DSAE(DVAEBase):
     def __call__(self, x, *, sample: bool = True, eps=None, eps_v=None):
         xt = self._check_x(x)
         time, batch = xt.shape[:2]
-        noise = self._noise(eps, sample, time, batch)
+        noise = self._noise(eps, sample, time, batch, dtype=xt.dtype)
         if eps_v is not None and tuple(jnp.shape(eps_v)) != (batch, self.v_dim):
             raise ValueError(f"DSAE: eps_v has shape {tuple(jnp.shape(eps_v))}; expected [{batch}, {self.v_dim}]")
-        noise_v = self._noise(None if eps_v is None else jnp.asarray(eps_v)[:, None], sample, 1, batch, self.v_dim)
+        noise_v = self._noise(
+            None if eps_v is None else jnp.asarray(eps_v)[:, None], sample, 1, batch, self.v_dim, dtype=xt.dtype
+        )
         f = self.mlp_x(xt)
         g_v = self.rnn_g_v(f)
         h_v = self.mlp_gv_v(cat(g_v[-1, :, : self.dim_rnn_gv], g_v[0, :, self.dim_rnn_gv :]))

@@ -1,0 +1,114 @@
+"""The speech-enhancement pipeline: noisy test sets, the evaluation tables ([Lin-thesis] Tables 6.1-6.3 form)."""
+
+import csv
+import json
+import os
+import shutil
+import types
+
+import jax
+import numpy as np
+import pytest
+from conftest import run_python
+
+from avrep.evaluation import enhancement, metrics
+from configs import se_pipeline
+from data_pipelines import registry
+
+
+@pytest.fixture(scope="module")
+def plan_dir(speech_smoke_data_dir, tmp_path_factory):
+    """A workdir whose plan names the smoke noisy sets and no trained prior (rows: noisy and oracle only)."""
+    workdir = tmp_path_factory.mktemp("se")
+    plan = se_pipeline.get_plan(str(workdir), "smoke")
+    plan["data_dir"] = speech_smoke_data_dir
+    for condition in plan["conditions"].values():
+        registry.prepare(condition["dataset"], speech_smoke_data_dir)
+    with open(workdir / enhancement.PLAN_FILE, "w") as f:
+        json.dump(plan, f)
+    return workdir, plan
+
+
+def test_noisy_and_oracle_rows(plan_dir):
+    workdir, plan = plan_dir
+    logged = []
+    written = enhancement.evaluate_plan(str(workdir), str(workdir / "eval"), log=logged.append)
+    assert set(written) == {"se_results", "se_by_snr"}  # no prior trained: no RTF table
+    assert sum("no trained prior" in line for line in logged) == 2 * len(se_pipeline.PRIORS)
+    with open(workdir / "eval" / "se_per_utterance.csv") as f:
+        rows = list(csv.DictReader(f))
+    noisy = [r for r in rows if r["method"] == "Noisy mixture"]
+    oracle = {(r["condition"], r["utterance_id"]): r for r in rows if r["method"] == "Wiener filter (oracle)"}
+    assert len(noisy) == 2 * plan["limit"]
+    for r in noisy:
+        # Noise independent of the speech: the mixture's SI-SDR is close to its SNR, and the oracle far above it.
+        assert float(r["si_sdr"]) == pytest.approx(float(r["snr_db"]), abs=1.0)
+        assert float(oracle[(r["condition"], r["utterance_id"])]["si_sdr"]) > float(r["si_sdr"]) + 8
+    # The first records of a condition cover its SNRs (the builder's order).
+    assert {float(r["snr_db"]) for r in noisy if r["condition"] == "wsj0_qut_like"} == {-5.0, 0.0, 5.0}
+    assert os.path.getsize(workdir / "eval" / "se_wsj0_qut_like_spectrograms.png") > 10_000
+    wavs = sorted(os.listdir(workdir / "eval" / "se_audio" / "vb_dmd_like"))
+    assert len(wavs) == 3 and any(w.endswith("_noisy.wav") for w in wavs) and any("oracle" in w for w in wavs)
+
+
+def test_batched_enhancement_returns_estimates_in_order_and_times_without_compiling(plan_dir):
+    """A method that halves the noisy STFT: every estimate is half its own mixture, whatever the batch order."""
+    _, plan = plan_dir
+    mixtures = enhancement.load_mixtures(plan["conditions"]["wsj0_qut_like"]["dataset"], plan["data_dir"], 3)
+    assert len({m["noisy"].size for m in mixtures}) == 3  # different lengths: sorting and padding matter
+    halve = jax.jit(lambda X: X * 0.5)
+    method = enhancement.Method("half", "-", lambda module, variables, batch, iterations, key: halve(batch.X), None)
+    model = types.SimpleNamespace(task=types.SimpleNamespace(module=None), variables={"params": {}})
+    estimates, seconds, compiled = enhancement.enhance_all(method, model, mixtures, batch=2, iterations=1, seed=0)
+    for m, est in zip(mixtures, estimates):
+        assert est.shape == m["noisy"].shape
+        assert metrics.si_sdr(0.5 * m["noisy"], est) > 60
+    assert compiled > 0 and seconds >= 0
+
+
+def test_plan_and_stages():
+    plan = se_pipeline.get_plan("/w")
+    assert plan["conditions"]["wsj0_qut_like"] == {"dataset": "noisy_speech/wsj0_qut_like"}
+    vem = next(m for m in plan["methods"] if m["method"] == "vem")
+    assert vem["iterations"] == {"wsj0_qut_like": 300, "vb_dmd_like": 100}  # [Lin-thesis] Table 6.3
+    assert {m["method"] for m in plan["methods"]} <= set(enhancement.METHODS)
+    assert [name for name, _, _ in se_pipeline.get_stages("/w")] == ["vae", "dkf", "rvae", "srnn"]
+    assert {c.model.preset for _, _, c in se_pipeline.get_stages("/w", "smoke")} == {
+        "dvae/VAE",
+        "dvae/DKF",
+        "dvae/RVAE-Causal",
+        "dvae/SRNN",
+    }
+
+
+@pytest.mark.slow
+def test_se_pipeline_smoke_end_to_end(speech_smoke_data_dir, tmp_path):
+    """train.py --pipeline se then evaluate.py: VEM rows for every prior, the RTF table (about 8 CPU minutes)."""
+    workdir = tmp_path / "w"
+    shutil.copytree(speech_smoke_data_dir, workdir / "data")
+    run_python(["train.py", "--workdir", str(workdir), "--pipeline", "se", "--variant", "smoke"], timeout=1200)
+    run_python(["evaluate.py", "--workdir", str(workdir)], timeout=1200)
+    with open(workdir / "eval" / "se_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    methods = {(r["condition"], r["method"]) for r in rows}
+    for condition in ("wsj0_qut_like", "vb_dmd_like"):
+        expected = ("Noisy mixture", "Wiener filter (oracle)", "VAE-VEM", "DKF-VEM", "RVAE-Causal-VEM", "VAE-MCEM")
+        for method in expected + ("RVAE-Causal-LV",):
+            assert (condition, method) in methods
+    for r in rows:
+        assert r["n"] == "3" and np.isfinite(float(r["si_sdr"])) and 0 <= float(r["estoi"]) <= 1
+    with open(workdir / "eval" / "se_rtf.csv") as f:
+        rtf = list(csv.DictReader(f))
+    assert len(rtf) == 2 * (len(se_pipeline.PRIORS) + 2) and all(float(r["rtf"]) >= 0 for r in rtf)
+
+
+def test_narrow_band_pesq(plan_dir):
+    """P.862 narrow band: the clean reference scores the scale's top (4.55 MOS-LQO), a -5 dB mixture far less."""
+    _, plan = plan_dir
+    mixtures = enhancement.load_mixtures(plan["conditions"]["wsj0_qut_like"]["dataset"], plan["data_dir"], 3)
+    worst = min(mixtures, key=lambda m: m["snr_db"])
+    assert worst["snr_db"] == pytest.approx(-5.0, abs=0.01)
+    assert metrics.pesq_nb(worst["clean"], worst["clean"]) == pytest.approx(4.55, abs=0.05)
+    assert metrics.pesq_nb(worst["clean"], worst["noisy"]) < 3.0
+    with pytest.raises(ValueError, match="pesq_nb: narrow-band PESQ needs 8 or 16 kHz"):
+        metrics.pesq_nb(worst["clean"], worst["noisy"], 22050)
