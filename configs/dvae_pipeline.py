@@ -9,11 +9,12 @@ from configs import dvae
 STAGES = ("vae", "dkf", "storn", "vrnn", "srnn_tf", "srnn", "rvae", "rvae_noncausal", "dsae")
 
 
-def get_stages(workdir: str, variant: str = ""):
-    """[(stage name, stage workdir, config)] in the order they must run."""
+def get_stages(workdir: str, variant: str = "", models: tuple[str, ...] = STAGES):
+    """[(stage name, stage workdir, config)] in the order they must run: one run per model of ``models``
+    (configs/dvae.py variants) in W/<model>, trained on W/data."""
     workdir = os.path.abspath(workdir)
     stages = []
-    for name in STAGES:
+    for name in models:
         config = dvae.get_config(",".join(v for v in (name, variant) if v))
         config.data.data_dir = os.path.join(workdir, "data")
         stages.append((name, os.path.join(workdir, name), config))

@@ -12,7 +12,7 @@ import json
 import os
 
 from avrep.evaluation.enhancement import PLAN_FILE
-from configs import dvae
+from configs import dvae_pipeline
 
 # The SRNN is the scheduled-sampling one (DVAE_SE's SRNN_ss): a teacher-forced SRNN decoder would read the noisy
 # past frames, which the enhancement algorithms refuse.
@@ -30,14 +30,8 @@ METHODS = (
 
 
 def get_stages(workdir: str, variant: str = ""):
-    """[(stage name, stage workdir, config)]: one speech prior per stage."""
-    workdir = os.path.abspath(workdir)
-    stages = []
-    for name in PRIORS:
-        config = dvae.get_config(",".join(v for v in (name, variant) if v))
-        config.data.data_dir = os.path.join(workdir, "data")
-        stages.append((name, os.path.join(workdir, name), config))
-    return stages
+    """[(stage name, stage workdir, config)]: one speech prior per stage, as the DVAE pipeline trains them."""
+    return dvae_pipeline.get_stages(workdir, variant, PRIORS)
 
 
 def get_plan(workdir: str, variant: str = "") -> dict:

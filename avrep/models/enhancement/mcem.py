@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from avrep.models.dvae import VAE
 from avrep.models.enhancement import nmf
+from avrep.models.enhancement.priors import noisy_stft
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +114,7 @@ def mcem(model, variables, X, mask, *, settings: MCEMSettings = MCEMSettings(), 
     after each M-step). NMF start: :func:`nmf.init_nmf` from ``key``."""
     if not isinstance(model, VAE):
         raise ValueError(f"mcem: the prior must be a frame-wise VAE (got {type(model).__name__}); use vem for DVAEs")
-    X = jnp.asarray(X, jnp.complex64)
-    if X.ndim != 3 or X.shape[-1] != model.x_dim:
-        raise ValueError(f"mcem: X has shape {X.shape}; expected [batch, frames, {model.x_dim}] (complex STFT)")
+    X = noisy_stft(X, model, "mcem")
     if tuple(jnp.shape(mask)) != X.shape[:2]:
         raise ValueError(f"mcem: mask has shape {tuple(jnp.shape(mask))}; expected {X.shape[:2]}")
     batch, frames, bins = X.shape

@@ -29,7 +29,7 @@ from flax import linen as nn
 
 from avrep.models.dvae.base import dense, shift_right
 from avrep.models.enhancement import nmf
-from avrep.models.enhancement.priors import broadcast_tree, speech_model, split_params
+from avrep.models.enhancement.priors import noisy_stft, per_utterance_encoders, speech_model
 from avrep.nn.recurrent import LSTM
 
 KINDS = ("LV", "NO", "NOLV")
@@ -132,26 +132,23 @@ def una(model, variables, X, mask, *, settings: NoiseModelSettings = NoiseModelS
     from ``key``), batched. X complex [B, T, F], mask bool [B, T] -> dict of ``S_hat`` complex64
     [B, T, F] (0 on padded frames), ``Vs``, ``Vn`` [B, T, F], ``loss`` [B, num_iterations] (the
     objective per real frame before each update)."""
-    X = jnp.asarray(X, jnp.complex64)
-    if X.ndim != 3 or X.shape[-1] != model.x_dim:
-        raise ValueError(f"una: X has shape {X.shape}; expected [batch, frames, {model.x_dim}] (complex STFT)")
+    X = noisy_stft(X, model, "una")
     if tuple(jnp.shape(mask)) != X.shape[:2]:
         raise ValueError(f"una: mask has shape {tuple(jnp.shape(mask))}; expected {X.shape[:2]}")
     batch, frames = X.shape[:2]
-    encoder, frozen = split_params(model, variables["params"])
+    rest, frozen, encoders = per_utterance_encoders(model, variables, batch)
     network = settings.network(model)
     key_init, key_run = jax.random.split(key)
     dummy_z, dummy_x = jnp.zeros((frames, 1, model.z_dim)), jnp.zeros((frames, 1, model.x_dim))
     noise = jax.vmap(lambda k: network.init({"params": k}, dummy_z, dummy_x)["params"])(
         jax.random.split(key_init, batch)
     )
-    rest = {k: v for k, v in variables.items() if k != "params"}
     return _una_batched(
         model,
         rest,
         settings,
         frozen,
-        broadcast_tree(encoder, batch),
+        encoders,
         noise,
         X,
         jnp.asarray(mask, bool),

@@ -64,3 +64,19 @@ def speech_model(model, variables: dict, power, encoder: dict, frozen: dict, *, 
 def broadcast_tree(tree, batch: int):
     """Every leaf repeated along a new leading batch axis (one copy per utterance)."""
     return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch,) + jnp.shape(a)), tree)
+
+
+def per_utterance_encoders(model, variables: dict, batch: int) -> tuple[dict, dict, dict]:
+    """(other collections, frozen parameters, encoder parameters with one copy per utterance [batch, ...]):
+    what the per-utterance methods fine-tune and what they share."""
+    encoder, frozen = split_params(model, variables["params"])
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    return rest, frozen, broadcast_tree(encoder, batch)
+
+
+def noisy_stft(X, model, where: str) -> jax.Array:
+    """A batch of noisy STFTs as complex64 [B, T, F], F the prior's bins; ``where`` names the caller."""
+    X = jnp.asarray(X, jnp.complex64)
+    if X.ndim != 3 or X.shape[-1] != model.x_dim:
+        raise ValueError(f"{where}: X has shape {X.shape}; expected [batch, frames, {model.x_dim}] (complex STFT)")
+    return X

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from avrep.models.enhancement import nmf
-from avrep.models.enhancement.priors import broadcast_tree, speech_model, split_params
+from avrep.models.enhancement.priors import noisy_stft, per_utterance_encoders, speech_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +110,7 @@ def vem(model, variables, X, mask, W, H, g, *, settings: VEMSettings = VEMSettin
     frames), ``Vs`` (speech variance without the gain), ``Vn`` [B, T, F], ``W``, ``H``, ``g`` and ``loss``
     [B, num_iterations] (the mean IS cost after each iteration). ``key`` is needed when ``settings.sample``.
     """
-    X = jnp.asarray(X, jnp.complex64)
-    if X.ndim != 3 or X.shape[-1] != model.x_dim:
-        raise ValueError(f"vem: X has shape {X.shape}; expected [batch, frames, {model.x_dim}] (complex STFT)")
+    X = noisy_stft(X, model, "vem")
     batch, frames, bins = X.shape
     rank = settings.nmf_rank
     expected = dict(mask=(batch, frames), W=(batch, bins, rank), H=(batch, rank, frames), g=(batch, frames))
@@ -123,15 +121,13 @@ def vem(model, variables, X, mask, W, H, g, *, settings: VEMSettings = VEMSettin
     if settings.sample and key is None:
         raise ValueError("vem: settings.sample=True needs a PRNG key")
     key = jax.random.key(0) if key is None else key
-    params = variables["params"]
-    encoder, frozen = split_params(model, params)
-    rest = {k: v for k, v in variables.items() if k != "params"}
+    rest, frozen, encoders = per_utterance_encoders(model, variables, batch)
     return _vem_batched(
         model,
         rest,
         settings,
         frozen,
-        broadcast_tree(encoder, batch),
+        encoders,
         X,
         jnp.asarray(mask, bool),
         jnp.asarray(W, jnp.float32),
