@@ -2,6 +2,7 @@
 
 python evaluate.py --workdir W          # every run under W (e.g. the default pipeline's stages)
 python evaluate.py --workdir W/vqvae_audio --limit 20
+python evaluate.py --workdir W --emotion_corpus ravdess/mdvae --emotion_data_dir D   # w of MEAD-trained runs on RAVDESS
 """
 
 from absl import app, flags, logging
@@ -13,6 +14,15 @@ _EMOTION_SPLITS = flags.DEFINE_list(
     "emotion_splits",
     ["train", "validation", "test"],
     "Splits whose utterances the emotion-recognition table uses (w of MDVAE/DSAE runs).",
+)
+_EMOTION_CORPUS = flags.DEFINE_string(
+    "emotion_corpus",
+    None,
+    "Cross-corpus emotion recognition: the dataset (e.g. ravdess/mdvae, built in the runs' setting) whose utterances "
+    "the emotion table uses, instead of each run's training corpus (default).",
+)
+_EMOTION_DATA_DIR = flags.DEFINE_string(
+    "emotion_data_dir", None, "Where --emotion_corpus is built (default: each run's data.data_dir)."
 )
 _SWAP_COUNT = flags.DEFINE_integer(
     "swap_count",
@@ -32,6 +42,8 @@ def main(argv):
         limit=_LIMIT.value,
         griffin_lim_iters=_GL_ITERS.value,
         emotion_splits=tuple(_EMOTION_SPLITS.value),
+        emotion_corpus=_EMOTION_CORPUS.value,
+        emotion_data_dir=_EMOTION_DATA_DIR.value,
         swap_count=_SWAP_COUNT.value,
         denoise_count=_DENOISE_COUNT.value,
     )

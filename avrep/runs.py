@@ -267,6 +267,13 @@ def restore_variables(path: str, abstract: Any, step: int | None = None) -> Any:
     return _restore(directory, latest if step is None else step, "variables", ocp.args.StandardRestore(abstract))
 
 
+def read_variables(path: str) -> Any:
+    """The variables of a run's checkpoint (``path`` as for ``resolve_checkpoint``) as saved, without a target tree
+    (e.g. to take one collection of another run's, whatever else it holds)."""
+    directory, step = resolve_checkpoint(path)
+    return _restore(directory, step, "variables", ocp.args.StandardRestore())
+
+
 def write_run(workdir: str, config: ml_collections.ConfigDict, variables: Any, step: int = 0) -> str:
     """Writes ``variables`` and ``config`` as checkpoint ``step`` of a run in ``workdir`` (e.g. weights imported
     from another framework, or random weights for a benchmark); returns the run directory."""

@@ -34,6 +34,7 @@ from avrep.training import step as step_lib  # noqa: E402  (no data pipeline: be
 from avrep.training.optimizer import make_optimizer  # noqa: E402
 from benchmarks import utilization  # noqa: E402
 from configs import dvae, vqmae, vqmdvae, vqvae_audio, vqvae_visual  # noqa: E402
+from configs.common import VQMAE_S_HOP  # noqa: E402
 
 
 def bench_preprocess(*args, **kwargs):
@@ -203,9 +204,12 @@ def _random_tokenizers(config, root: str) -> None:
 
     setting = ":vqmae" if int(config.data.image_size) == 96 else ""
     for modality, module in (("audio", vqvae_audio), ("visual", vqvae_visual)):
-        run = os.path.join(root, f"vqvae_{modality}{setting.replace(':', '_')}")
+        variant = setting
+        if modality == "audio" and int(config.audio.hop) == VQMAE_S_HOP:  # VQ-MAE-S: its tokenizer's STFT
+            variant = ":vqmae_s"
+        run = os.path.join(root, f"vqvae_{modality}{variant.replace(':', '_')}")
         if not os.path.isdir(run):
-            tokenizer = module.get_config(setting[1:] or None)
+            tokenizer = module.get_config(variant[1:] or None)
             task = build_task(tokenizer)
             write_run(run, tokenizer, task.init_variables(jax.random.key(0), task.dummy_batch()))
         config.tokenizers[modality] = run
@@ -305,7 +309,8 @@ def _vqmae_config(kind: str, batch: int, **model):
     c = vqmae.get_config("audio,paper" if kind == "audio" else "paper")
     c.model = ml_collections.ConfigDict(dict(kind=kind, **model))
     defaults = VQMAE_MODELS[kind]()
-    c.data.frames_per_example = defaults.visual_frames if kind == "av" else defaults.audio_frames // 2
+    # Clock frames: video frames, or audio frames for the audio-only model (its own rate, avrep/tasks/vqmae.py).
+    c.data.frames_per_example = defaults.visual_frames if kind == "av" else defaults.audio_frames
     c.data.examples_per_batch = batch
     return c
 

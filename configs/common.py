@@ -12,6 +12,13 @@ SETTINGS = {
 }
 
 
+# VQ-MAE-S ([Sadok-thesis] App. C.3): the VQ-MAE STFT with 75 % overlap, hop 256 at 16 kHz (62.5 Hz audio frames).
+VQMAE_S_HOP = 256
+# Clip of an audio-only VQ-MAE in audio frames (its own clock, no video): VQ-MAE-S's 200 ([code-vqmae-s]) with
+# "paper", else 1 s at the CPU configs' hop 320 (as the audiovisual clips' audio), smoke 20.
+AUDIO_ONLY_FRAMES = {"paper": 200, "cpu": 50, "smoke": 20}
+
+
 # Config key model.dtype of every family: the computation dtype (avrep/nn/precision.py), "float32", "bfloat16" or
 # "auto" (bfloat16 on GPU / TPU, float32 on CPU); parameters and optimizer state stay float32 either way.
 DTYPE = "float32"
@@ -130,7 +137,9 @@ def vqmae_config(name: str, task: str, *, smoke: bool, paper: bool) -> ml_collec
     c = base_config("vqmae", smoke)
     c.name, c.task = name, task
     # Run directories of the frozen VQ-MAE-setting tokenizers (configs/vqvae_*.py:vqmae; the pipeline fills them).
-    c.tokenizers = ml_collections.ConfigDict(dict(audio="", visual=""))
+    # batch_stats_mode: BatchNorm statistics of the audio tokenizer, "" its run's own, "running", or "batch" (the
+    # authors' tokenisation; avrep/features/tokenizers.py). Only the tokenizers a model reads are loaded.
+    c.tokenizers = ml_collections.ConfigDict(dict(audio="", visual="", batch_stats_mode=""))
     # Index grids are cached per split in <feature_cache_dir or workdir/feature_cache>/<split>.
     c.data.feature_cache_dir = ""
     c.data.frames_per_example = 50 if paper else 25  # video frames per clip (audio: twice as many)
@@ -158,7 +167,8 @@ def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> 
     """Fields of a VQ-MAE module (avrep.tasks.vqmae.MODELS[kind]).
 
     Paper: width 320 (40 audio indices x 8, 80 visual x 4), 4 heads, MLP ratio 2, 12 / 4 blocks, learned
-    positions from N(0, 0.02²). CPU: width 160, 4 / 2 blocks, 8 values per index embedding for both
+    positions from N(0, 0.02²); VQ-MAE-S ("audio"): the same with MLP ratio 4 and 200-frame clips (20 x 16 = 320
+    tokens of 10 frames x 4 indices). CPU: width 160, 4 / 2 blocks, 8 values per index embedding for both
     modalities (tokens of 320 / 640 values projected to the width: width / indices would leave 2 values
     per visual index, too few to tell 512 codes apart) and positions initialised with the tokens' sin-cos
     table (neighbouring tokens are related from the first step); smoke: width 80, 1 / 1 block.
@@ -179,9 +189,14 @@ def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> 
             dict(audio_code_dim=8, visual_code_dim=8),
         )
     frames = 50 if paper else (10 if smoke else 25)
-    model = dict(kind=kind, mlp_ratio=2.0, position_init="normal" if paper else "sincos", dtype=DTYPE, **size)
+    # MLP ratio: 2 in VQ-MAE-AV (its parameter counts), 4 in VQ-MAE-S (timm's default in [code-vqmae-s]).
+    mlp_ratio = 4.0 if paper and kind == "audio" else 2.0
+    model = dict(kind=kind, mlp_ratio=mlp_ratio, position_init="normal" if paper else "sincos", dtype=DTYPE, **size)
+    if paper:  # the authors' blocks have no query / key / value biases: the thesis's parameter counts
+        model["attention_bias"] = False
     if kind in ("av", "audio"):
-        model.update(audio_frames=2 * frames, audio_bins=64, audio_codes=256, audio_code_dim=dims["audio_code_dim"])
+        audio_frames = audio_only_frames(paper=paper, smoke=smoke) if kind == "audio" else 2 * frames
+        model.update(audio_frames=audio_frames, audio_bins=64, audio_codes=256, audio_code_dim=dims["audio_code_dim"])
     if kind in ("av", "visual"):
         model.update(
             visual_frames=frames,
@@ -199,3 +214,36 @@ def vqmae_model(kind: str, *, paper: bool, smoke: bool, fusion: str = "saf") -> 
     else:
         model.update(mask_unit="frame" if kind == "audio" else "patch", mask_ratio=0.8)
     return model
+
+
+def audio_only_frames(*, paper: bool, smoke: bool) -> int:
+    return AUDIO_ONLY_FRAMES["paper" if paper else "smoke" if smoke else "cpu"]
+
+
+def use_audio_clock(c: ml_collections.ConfigDict, *, paper: bool, smoke: bool) -> None:
+    """An audio-only VQ-MAE (VQ-MAE-S) has no video: data.frames_per_example counts its audio frames, and with
+    ``paper`` the STFT is VQ-MAE-S's (hop 256; its tokenizer: configs/vqvae_audio.py:vqmae_s)."""
+    c.data.frames_per_example = audio_only_frames(paper=paper, smoke=smoke)
+    if paper:
+        c.audio.hop = VQMAE_S_HOP
+
+
+def epoch_schedule(
+    c: ml_collections.ConfigDict, *, num_epochs: float, warmup_epochs: float = 0.0, checkpoint_every_epochs: float
+) -> None:
+    """A schedule stated in epochs, as the papers state it (the ``:paper`` variants): ``train`` converts it to steps
+    from the training split's size and the global batch and prints the result (avrep/training/epochs.py). The step
+    keys are cleared; to give steps instead, set the ``*_epochs`` key to 0 (e.g. ``--config.train.num_epochs=0
+    --config.train.num_steps=5000``)."""
+    # Floats, so that a command line may give fractions (--config.train.num_epochs=0.5).
+    c.train.update(num_epochs=float(num_epochs), num_steps=0, checkpoint_every_epochs=float(checkpoint_every_epochs))
+    c.train.checkpoint_every = 0
+    c.optimizer.update(warmup_epochs=float(warmup_epochs), warmup_steps=0)
+
+
+def paper_tokenizer_training(c: ml_collections.ConfigDict, *, examples_per_batch: int, frames_per_example: int) -> None:
+    """The authors' tokenizer recipe (their configs, [code-vqmae-s] / [code-vqmae-av]; the papers give none, [MDVAE]
+    says Adam only, so the MDVAE setting's tokenizers get it too): Adam, lr 1e-3, constant, 20 epochs of frames."""
+    c.data.examples_per_batch, c.data.frames_per_example = examples_per_batch, frames_per_example
+    c.optimizer.update(name="adam", learning_rate=1e-3, schedule="constant")
+    epoch_schedule(c, num_epochs=20, checkpoint_every_epochs=5)

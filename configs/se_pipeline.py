@@ -20,12 +20,35 @@ PRIORS = ("vae", "dkf", "rvae", "srnn")
 CONDITIONS = ("wsj0_qut_like", "vb_dmd_like")
 # Methods (avrep/evaluation/enhancement.py METHODS), the priors each runs with, and its iterations per test set.
 # VEM: [Lin-thesis] Table 6.3's counts (RVAE-VEM U-NA: 300 on WSJ0-QUT, 100 on VB-DMD). The DVAE noise model
-# (RVAE-LV, U-NA) gets 300, not the thesis's 1000 / 900, to fit the CPU budget; MCEM the default 100.
-# NO / NOLV ("una_no", "una_nolv") and more priors can be added to W/se_plan.json before evaluate.py.
+# (RVAE-LV, U-NA) gets 300, not the thesis's 1000 / 900, to fit the CPU budget; MCEM the default 100. U-ND
+# (one forward pass, no iterations) and U-NDA (Table 6.3: 190 / 25 adaptation iterations) use a noise model
+# trained on the condition's noisy train split with the plan's `und` budget.
+# NO / NOLV ("una_no", "und_nolv", ...) and more priors can be added to W/se_plan.json before evaluate.py.
 METHODS = (
     dict(method="vem", priors=PRIORS, iterations=dict(wsj0_qut_like=300, vb_dmd_like=100)),
     dict(method="mcem", priors=("vae",), iterations=dict(wsj0_qut_like=100, vb_dmd_like=100)),
     dict(method="una_lv", priors=("rvae",), iterations=dict(wsj0_qut_like=300, vb_dmd_like=300)),
+    dict(method="und_lv", priors=("rvae",), iterations={}),
+    dict(method="unda_lv", priors=("rvae",), iterations=dict(wsj0_qut_like=190, vb_dmd_like=25)),
+)
+# U-ND training (avrep.models.enhancement.UNDSettings; the thesis: up to 500 epochs of its noisy train set with
+# the cosine schedule 5e-4 -> 1e-8): a CPU budget of random 100-frame windows of the first 200 train mixtures.
+UND = dict(num_steps=600, batch_size=16, frames=100, utterances=200)
+# Audio-only vs audiovisual (avrep/evaluation/av_enhancement.py): the AV-CVAE and its audio-only counterpart,
+# trained on SynthAV's faces and speech (synthav/mdvae, 30 fps), enhance the wsj0_qut_like mixtures with the face
+# video (the _av test split) by MCEM. alpha of the modified ELBO: avrep.models.enhancement.CVAETrainSettings.
+AV = dict(
+    condition="wsj0_qut_like",
+    dataset="noisy_speech/wsj0_qut_like_av",
+    train_dataset="synthav/mdvae",
+    fps=30,
+    utterances=720,
+    num_steps=1500,
+    batch_size=32,
+    frames=50,
+    learning_rate=1e-3,
+    alpha=0.5,
+    iterations=100,
 )
 
 
@@ -47,13 +70,24 @@ def get_plan(workdir: str, variant: str = "") -> dict:
     smoke = "smoke" in variant.split(",")
     suffix = "_smoke" if smoke else ""
     methods = [dict(m, priors=list(m["priors"])) for m in METHODS]
+    und, av = dict(UND), dict(AV)
     if smoke:
+        av.update(
+            dataset=f"{av['dataset']}_smoke",
+            train_dataset="synthav/mdvae_smoke",
+            num_steps=3,
+            batch_size=2,
+            iterations=2,
+        )
         methods = [dict(m, iterations={c: 2 for c in CONDITIONS}) for m in methods]
+        und = dict(num_steps=3, batch_size=2, frames=20, utterances=6)
     return dict(
         data_dir=os.path.join(workdir, "data"),
         conditions={name: dict(dataset=f"noisy_speech/{name}{suffix}") for name in CONDITIONS},
         priors={name: os.path.join(workdir, name) for name in PRIORS},
         methods=methods,
+        und=und,
+        av=av,
         limit=3 if smoke else 12,
         batch=3 if smoke else 12,  # utterances enhanced together (one compiled program per batch shape)
         examples=1 if smoke else 3,  # utterances per condition written as WAV files and drawn in the figure
@@ -66,8 +100,8 @@ def prepare_data(workdir: str, variant: str = "") -> str:
     from data_pipelines import registry
 
     plan = get_plan(workdir, variant)
-    for condition in plan["conditions"].values():
-        registry.prepare(condition["dataset"], plan["data_dir"])
+    for dataset in [c["dataset"] for c in plan["conditions"].values()] + [plan["av"]["dataset"]]:
+        registry.prepare(dataset, plan["data_dir"])  # the _av set builds its faces' dataset first
     os.makedirs(os.path.abspath(workdir), exist_ok=True)
     path = os.path.join(os.path.abspath(workdir), PLAN_FILE)
     with open(path, "w") as f:

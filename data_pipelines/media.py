@@ -7,6 +7,7 @@ raises ``MediaError`` with a short reason, which the builders record in their sk
 from __future__ import annotations
 
 import os
+import struct
 from typing import Iterator
 
 import av
@@ -38,8 +39,39 @@ def _open(path: str):
 
 def _declared_seconds(container, stream) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    return container.duration / av.time_base if container.duration else None
+        declared = float(stream.duration * stream.time_base)
+    else:
+        declared = container.duration / av.time_base if container.duration else None
+    if stream.type == "video" and stream.frames and stream.average_rate:
+        # An AVI header counts the frames the file should hold, while FFmpeg's duration comes from the part of the
+        # index it could read: a cut AVI would look complete.
+        declared = max(declared or 0.0, stream.frames / float(stream.average_rate))
+    return declared
+
+
+def _wav_declared_seconds(path: str) -> float | None:
+    """The duration a RIFF/WAVE file's header declares (its data chunk's size over the fmt chunk's byte rate), or
+    None for other files. FFmpeg infers a WAV's length from the bytes present, so a cut WAV would look complete."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        byte_rate = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None  # no data chunk before the end: FFmpeg's open or decode names the damage
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt " and size >= 16:
+                fmt = f.read(size + size % 2)
+                byte_rate = struct.unpack("<I", fmt[8:12])[0] if len(fmt) >= 12 else None
+            elif chunk_id == b"data":
+                # 0 and 0xFFFFFFFF are what streaming writers leave when the length was not known in advance.
+                if not byte_rate or size in (0, 0xFFFFFFFF):
+                    return None
+                return size / byte_rate
+            else:
+                f.seek(size + size % 2, os.SEEK_CUR)  # chunks are padded to an even size
 
 
 def _check_complete(path: str, kind: str, decoded: float, declared: float | None, error: Exception | None) -> None:
@@ -67,7 +99,7 @@ def decode_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
             if not chunks:  # a damaged tail keeps what decoded before it (if not too short); a damaged head is an error
                 raise MediaError(path, f"audio track cannot be decoded ({type(e).__name__}: {e})") from e
             error = e
-        declared = _declared_seconds(container, stream)
+        declared = _wav_declared_seconds(path) or _declared_seconds(container, stream)
     wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if wav.size == 0:
         raise MediaError(path, "audio track has no samples")

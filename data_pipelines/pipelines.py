@@ -33,9 +33,9 @@ from data_pipelines.spec import (
     PipelineSpec,
     aligned_frames,
     audio_frame_windows,
+    clock_frames,
     decode_speech,
     decode_utterance,
-    feature_field,
 )
 
 PREFETCH_BATCHES = 16
@@ -129,7 +129,8 @@ class _RandomWindow(grain.transforms.RandomMap):
 
 class _RandomFeatureWindow(grain.transforms.RandomMap):
     """One window of T consecutive video frames (and the r * T audio frames beside them) of cached
-    per-frame tokenizer outputs (avrep.features.cache.FeatureSource), with the record's ``labels``.
+    per-frame tokenizer outputs (avrep.features.cache.FeatureSource), with the record's ``labels``; in an
+    audio-only record, T consecutive audio frames (``clock_frames``).
 
     An utterance shorter than T is an error, or with ``wrap_short`` repeated from its start until it fills
     the window (the VQ-MAE code's wrap padding for short fine-tuning clips).
@@ -140,7 +141,7 @@ class _RandomFeatureWindow(grain.transforms.RandomMap):
         self.wrap_short, self.where = wrap_short, where
 
     def random_map(self, record, rng: np.random.Generator):
-        n = len(record[feature_field("visual")])
+        n = clock_frames(record)
         if n < self.t and not self.wrap_short:
             raise DataError(
                 f"{self.where}: utterance {record.get('utterance_id', '?')!r} has {n} frames, "

@@ -55,3 +55,22 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None, **build_kwa
         f"{os.path.join(data_dir, *name.split('/'))}/<version>/dataset_info.json); build it first with "
         f"its TFDS builder (see README, 'Training on real corpora')"
     )
+
+
+# Corpus names as the papers write them, for table titles.
+TITLES = {
+    "synthav": "SynthAV",
+    "mead": "MEAD",
+    "ravdess": "RAVDESS",
+    "cremad": "CREMA-D",
+    "enterface05": "eNTERFACE05",
+    "voxceleb2": "VoxCeleb2",
+    "emodb": "EmoDB",
+    "iemocap": "IEMOCAP",
+}
+
+
+def title(name: str) -> str:
+    """A dataset's corpus as the papers write it: 'ravdess/mdvae' -> 'RAVDESS' (unknown builders as they are)."""
+    builder = name.partition("/")[0]
+    return TITLES.get(builder, builder)

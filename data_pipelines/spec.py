@@ -16,6 +16,13 @@ def feature_field(modality: str) -> str:
     return f"x_{modality}"
 
 
+def clock_frames(record: Mapping) -> int:
+    """The frames a cached feature record's windows are counted in: its video frames, or its audio frames in an
+    audio-only record (an audio-only model has its own frame rate); the other streams hold whole multiples."""
+    clock = feature_field("visual") if feature_field("visual") in record else feature_field("audio")
+    return len(record[clock])
+
+
 class DataError(ValueError):
     """A record or dataset that does not have the expected content."""
 

@@ -16,7 +16,13 @@ from data_pipelines.corpora.base import MANIFEST
 from data_pipelines.synthav.media_files import write_clip
 
 # A truncated file fails at whichever stage the cut reaches, each with its own reason.
-TRUNCATED = r"cannot open|no (audio|video) track|cannot be decoded|has no (samples|frames)|too short"
+TRUNCATED = (
+    r"^truncated: decoded|cannot open|no (audio|video) track|cannot be decoded|has no (samples|frames)|too short"
+)
+# A file cut at 75 % (a copy that stopped early): FLV, AVI and WAV still open and decode, so the decoded length is
+# compared with the one the container declares (for WAV and AVI, the header's own sizes).
+CUT = r"^truncated: decoded [01]\.\d\d of 1\.[23]\d s"
+CORRUPT = r"^cannot open media file \(InvalidDataError"  # header bytes scrambled
 # corpus -> (config, [(relative path, kind, speaker, separate audio path or None)], {relative path: reason})
 MEAD_GOOD = [
     (f"{s}/video/front/{e}/{lv}/{n}.mp4", "av", i, f"{s}/audio/{e}/{lv}/{n}.m4a")
@@ -34,6 +40,7 @@ TREES = {
             ("M005/video/front/neutral/level_1/004.mp4", "short", 2, None),
             ("M005/video/front/sad/level_1/005.mp4", "video_only", 2, None),
             ("M003/video/front/angry/level_9/001.mp4", "av", 0, None),
+            ("W009/video/front/happy/level_1/006.mp4", "silent", 1, "W009/audio/happy/level_1/006.m4a"),
         ],
         {
             "M003/video/front/sad/level_3/003.mp4": TRUNCATED,
@@ -41,6 +48,7 @@ TREES = {
             "M005/video/front/neutral/level_1/004.mp4": "too short",
             "M005/video/front/sad/level_1/005.mp4": "no audio",
             "M003/video/front/angry/level_9/001.mp4": "bad name",
+            "W009/audio/happy/level_1/006.m4a": "audio is silent",
         },
     ),
     "ravdess": (
@@ -56,12 +64,18 @@ TREES = {
             ("Actor_01/01-02-05-01-01-01-01.mp4", "av", 1, None),
             ("Actor_02/01-01-05-01-01-01-07.mp4", "av", 2, None),
             ("Actor_03/01-01-04-01-01-02-03.mp4", "no_face", 3, None),
+            ("Actor_01/01-01-09-01-01-01-01.mp4", "av", 1, None),  # mislabelled: RAVDESS has no emotion 09
+            ("Actor_02/01-01-04-02-02-01-02.mp4", "corrupt", 2, None),
+            ("Actor_03/01-01-06-01-01-01-03.mp4", "silent", 3, None),
         ],
         {
             "Actor_01/02-01-05-01-01-01-01.mp4": "not audiovisual",
             "Actor_01/01-02-05-01-01-01-01.mp4": "not speech",
             "Actor_02/01-01-05-01-01-01-07.mp4": "bad name",
             "Actor_03/01-01-04-01-01-02-03.mp4": "no face",
+            "Actor_01/01-01-09-01-01-01-01.mp4": "bad name",
+            "Actor_02/01-01-04-02-02-01-02.mp4": CORRUPT,
+            "Actor_03/01-01-06-01-01-01-03.mp4": "audio is silent",
         },
     ),
     "cremad": (
@@ -76,11 +90,17 @@ TREES = {
             ("VideoFlash/1001_XYZ_ANG_XX.flv", "av", 1, None),
             ("VideoFlash/1002_TIE_SAD_LO.flv", "truncated", 2, None),
             ("VideoFlash/1003_IOM_NEU_XX.flv", "short", 3, None),
+            ("VideoFlash/1003_TAI_FEA_XX.flv", "cut", 3, None),
+            ("VideoFlash/1001_IWW_SAD_LO.flv", "cut_audio", 1, "AudioWAV/1001_IWW_SAD_LO.wav"),
+            ("VideoFlash/1002_ITS_JOY_XX.flv", "av", 2, None),  # mislabelled: no such emotion code
         ],
         {
             "VideoFlash/1001_XYZ_ANG_XX.flv": "bad name",
             "VideoFlash/1002_TIE_SAD_LO.flv": TRUNCATED,
             "VideoFlash/1003_IOM_NEU_XX.flv": "too short",
+            "VideoFlash/1003_TAI_FEA_XX.flv": CUT,
+            "AudioWAV/1001_IWW_SAD_LO.wav": CUT,  # the separate audio file is the one named
+            "VideoFlash/1002_ITS_JOY_XX.flv": "bad name",
         },
     ),
     "enterface05": (
@@ -94,8 +114,13 @@ TREES = {
         + [
             ("subject 2/fear/sentence 1/s2_fe_1.avi", "truncated", 2, None),
             ("subject 3/fear/sentence 1/s3_xx_1.avi", "av", 3, None),
+            ("subject 1/sadness/sentence 1/s1_sa_1.avi", "cut", 1, None),
         ],
-        {"subject 2/fear/sentence 1/s2_fe_1.avi": TRUNCATED, "subject 3/fear/sentence 1/s3_xx_1.avi": "bad name"},
+        {
+            "subject 2/fear/sentence 1/s2_fe_1.avi": TRUNCATED,
+            "subject 3/fear/sentence 1/s3_xx_1.avi": "bad name",
+            "subject 1/sadness/sentence 1/s1_sa_1.avi": CUT,
+        },
     ),
     "emodb": (
         "audio",
@@ -108,8 +133,20 @@ TREES = {
             ("wav/03a01Xa.wav", "audio", 0, None),
             ("wav/09a05Fa.wav", "short", 3, None),
             ("wav/10a02Tc.wav", "truncated", 4, None),
+            ("wav/08b01La.wav", "cut", 1, None),
+            ("wav/10b02Ea.wav", "corrupt", 4, None),
+            ("wav/03b01Ta.wav", "silent", 0, None),
+            ("wav/02a01Fa.wav", "audio", 0, None),  # mislabelled: speaker 02 is not in EmoDB
         ],
-        {"wav/03a01Xa.wav": "bad name", "wav/09a05Fa.wav": "too short", "wav/10a02Tc.wav": TRUNCATED},
+        {
+            "wav/03a01Xa.wav": "bad name",
+            "wav/09a05Fa.wav": "too short",
+            "wav/10a02Tc.wav": TRUNCATED,
+            "wav/08b01La.wav": CUT,
+            "wav/10b02Ea.wav": CORRUPT,
+            "wav/03b01Ta.wav": "audio is silent",
+            "wav/02a01Fa.wav": "bad name",
+        },
     ),
     "voxceleb2": (
         "mdvae",
@@ -229,6 +266,23 @@ def test_media_decoding_resamples_audio_and_converts_frame_rate(tmp_path):
         media.decode_audio(str(tmp_path / "a.avi"))
 
 
+def test_cut_wav_is_truncated_by_its_header_and_a_streamed_header_is_accepted(tmp_path):
+    """FFmpeg takes a WAV's length from the bytes present; the RIFF header's data-chunk size says what was written."""
+    tone = (8000 * np.sin(np.arange(64000) * 0.05)).astype(np.int16)  # 4 s at 16 kHz
+    whole = str(tmp_path / "whole.wav")
+    media.write_media(whole, audio=tone)
+    with open(whole, "rb") as f:
+        data = f.read()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) * 3 // 4])
+    with pytest.raises(media.MediaError) as e:
+        media.decode_audio(str(tmp_path / "cut.wav"))
+    assert e.value.reason == "truncated: decoded 3.00 of 4.00 s"
+    # A writer that did not know the length leaves 0xFFFFFFFF as the data size: nothing declared, nothing refused.
+    at = data.index(b"data") + 4
+    (tmp_path / "streamed.wav").write_bytes(data[:at] + b"\xff\xff\xff\xff" + data[at + 4 :])
+    assert media.decode_audio(str(tmp_path / "streamed.wav")).size == 64000
+
+
 @pytest.mark.parametrize("corpus", list(TREES))
 def test_corpus_builds_and_records_every_skipped_file(built, corpus):
     config, _, files, broken = TREES[corpus]
@@ -239,7 +293,7 @@ def test_corpus_builds_and_records_every_skipped_file(built, corpus):
     assert set(skipped) == set(broken), manifest["skipped"]
     for rel, reason in broken.items():
         assert re.search(reason, skipped[rel]), (rel, skipped[rel])
-    expected = len({rel for rel, *_ in files} - set(broken))
+    expected = len({rel for rel, _, _, audio_rel in files if rel not in broken and audio_rel not in broken})
     assert sum(manifest["examples"].values()) == expected
     name = f"{corpus}/{config}"
     info = tfds.builder(name, data_dir=data_dir).info

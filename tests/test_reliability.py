@@ -274,6 +274,7 @@ def test_signal_then_resume_is_bitwise_and_logs_each_step_once(
     rows, expected = _metric_rows(hit), _metric_rows(straight_run)
     assert [r["step"] for r in rows] == list(range(1, 13))  # each step once, in order
     assert [r["train/loss"] for r in rows] == [r["train/loss"] for r in expected]
+    assert all(0.0 <= r["train/input_wait"] <= 1.0 for r in rows), "input wait is a fraction of the step time"
 
 
 def _abstract_of(path):

@@ -22,6 +22,8 @@ def plan_dir(speech_smoke_data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("se")
     plan = se_pipeline.get_plan(str(workdir), "smoke")
     plan["data_dir"] = speech_smoke_data_dir
+    # No audiovisual rows either, whether or not another module built the _av set in the shared data dir.
+    del plan["av"]
     for condition in plan["conditions"].values():
         registry.prepare(condition["dataset"], speech_smoke_data_dir)
     with open(workdir / enhancement.PLAN_FILE, "w") as f:
@@ -72,6 +74,10 @@ def test_plan_and_stages():
     vem = next(m for m in plan["methods"] if m["method"] == "vem")
     assert vem["iterations"] == {"wsj0_qut_like": 300, "vb_dmd_like": 100}  # [Lin-thesis] Table 6.3
     assert {m["method"] for m in plan["methods"]} <= set(enhancement.METHODS)
+    unda = next(m for m in plan["methods"] if m["method"] == "unda_lv")
+    assert unda["iterations"] == {"wsj0_qut_like": 190, "vb_dmd_like": 25}  # [Lin-thesis] Table 6.3
+    assert enhancement.METHODS["und_lv"].config == "U-ND" and enhancement.METHODS["unda_lv"].trains == "LV"
+    assert plan["av"]["dataset"] == "noisy_speech/wsj0_qut_like_av" and 0 < plan["av"]["alpha"] < 1
     assert [name for name, _, _ in se_pipeline.get_stages("/w")] == ["vae", "dkf", "rvae", "srnn"]
     assert {c.model.preset for _, _, c in se_pipeline.get_stages("/w", "smoke")} == {
         "dvae/VAE",
@@ -95,11 +101,15 @@ def test_se_pipeline_smoke_end_to_end(speech_smoke_data_dir, tmp_path):
         expected = ("Noisy mixture", "Wiener filter (oracle)", "VAE-VEM", "DKF-VEM", "RVAE-Causal-VEM", "VAE-MCEM")
         for method in expected + ("RVAE-Causal-LV",):
             assert (condition, method) in methods
+        configs = {r["config"] for r in rows if r["condition"] == condition and r["method"] == "RVAE-Causal-LV"}
+        assert configs == {"U-NA", "U-ND", "U-NDA"}
+    assert {("wsj0_qut_like", "A-CVAE-MCEM"), ("wsj0_qut_like", "AV-CVAE-MCEM")} <= methods
+    assert os.path.exists(workdir / "eval" / "se_av.md")
     for r in rows:
         assert r["n"] == "3" and np.isfinite(float(r["si_sdr"])) and 0 <= float(r["estoi"]) <= 1
     with open(workdir / "eval" / "se_rtf.csv") as f:
         rtf = list(csv.DictReader(f))
-    assert len(rtf) == 2 * (len(se_pipeline.PRIORS) + 2) and all(float(r["rtf"]) >= 0 for r in rtf)
+    assert len(rtf) == 2 * (len(se_pipeline.PRIORS) + 4) + 2 and all(float(r["rtf"]) >= 0 for r in rtf)
 
 
 def test_narrow_band_pesq(plan_dir):

@@ -77,6 +77,25 @@ def test_split_speakers_disjoint_proportions_and_gender():
     assert all(len(v) == 1 for v in small.values())
 
 
+def test_pretraining_corpora_share_no_speaker_with_their_labelled_sets():
+    from data_pipelines.synthav import builder
+
+    configs = {c.name: c for c in builder.BUILDER_CONFIGS}
+    for pretraining, labelled in builder.PRETRAINING_CORPORA.items():
+        unlabelled = builder.speakers_of(configs[pretraining])
+        labelled_speakers = builder.speakers_of(configs[labelled])
+        ids = {s.speaker_id for s in unlabelled}
+        assert not ids & {s.speaker_id for s in labelled_speakers}, pretraining
+        assert len(ids) == len(unlabelled) >= 2 * len(labelled_speakers)  # many more speakers
+        # New identities, not renamed ones: no voice or face is repeated across the two sets.
+        assert not {(s.f0_hz, s.skin_rgb) for s in unlabelled} & {(s.f0_hz, s.skin_rgb) for s in labelled_speakers}
+        assert configs[pretraining].image_size == configs[labelled].image_size
+        assert configs[pretraining].fps == configs[labelled].fps
+    assert len(builder.speakers_of(configs["vqmae_pretrain"])) == 6 * len(builder.speakers_of(configs["vqmae"]))
+    # A set started further on is the tail of a longer one: the same speakers, so ranges decide overlap.
+    assert g.make_speakers(3, seed=0, first_speaker=2)[0] == g.make_speakers(3, seed=0)[2]
+
+
 def test_utterance_plan_covers_conditions():
     sp = SPEAKERS[0]
     plan = g.utterance_plan(sp, 24)

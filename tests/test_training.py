@@ -27,7 +27,8 @@ def _smoke(module, data_dir, **train):
     return config
 
 
-@pytest.mark.parametrize("module", [vqvae_audio, vqvae_visual])
+# The visual tokenizer's case is opt-in (-m slow): the audio case and tests/test_fsdp.py cover the sharded step.
+@pytest.mark.parametrize("module", [vqvae_audio, pytest.param(vqvae_visual, marks=pytest.mark.slow)])
 def test_step_on_8_devices_matches_1_device(smoke_data_dir, module):
     config = _smoke(module, smoke_data_dir)
     task = build_task(config)

@@ -72,8 +72,8 @@ def test_index_cache_holds_the_tokenizers_indices_at_both_rates(vqmae_workdir):
     assert record["x_visual"].shape[1:] == (24, 24)
     assert len(record["x_audio"]) == 2 * len(record["x_visual"])  # 50 Hz audio beside 25 fps video
     visual = load_checkpoint(vqmae_workdir / "vqvae_visual")
-    config = visual.config
-    source = sources.open_source(config.data.name, "test", str(vqmae_workdir / "data"))
+    # index_cache/ holds the labelled set (the tokenizers were trained on the pre-training corpus).
+    source = sources.open_source("synthav/vqmae_smoke", "test", str(vqmae_workdir / "data"))
     frame = np.asarray(source[record["record"]]["video"][3:4], np.float32) / 255.0 - 0.5
     z_e = visual.module.apply(visual.variables, frame, method="encode")
     _, indices = visual.module.apply(visual.variables, z_e, method="quantize")
@@ -107,6 +107,57 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_on_disjoint_speakers(vqm
         assert not set(folds["test"]) & (set(folds["train"]) | set(folds["validation"]))
         tested += folds["test"]
     assert sorted(tested) == sorted(set(tested)) and len(tested) == 6  # the 6 smoke speakers, once each
+
+
+@pytest.mark.parametrize("variant", ["", "smoke"])
+def test_pipeline_pretrains_on_speakers_it_never_fine_tunes_on(variant, tmp_path):
+    stages = vqmae_pipeline.get_stages(str(tmp_path), variant)
+    labelled = {c.data.name for name, _, c in stages if name.startswith("vqmae_av_ft")}
+    unlabelled = {c.data.name for name, _, c in stages if not name.startswith("vqmae_av_ft")}
+    assert labelled == {"synthav/vqmae" + ("_smoke" if variant else "")}
+    assert unlabelled == {"synthav/vqmae_pretrain" + ("_smoke" if variant else "")}  # tokenizers too
+    caches = {c.data.feature_cache_dir for _, _, c in stages if "feature_cache_dir" in c.data}
+    assert caches == {str(tmp_path / "index_cache"), str(tmp_path / "index_cache_pretrain")}
+
+
+def test_pretraining_and_fine_tuning_caches_hold_disjoint_speakers(vqmae_workdir):
+    def speakers(cache):
+        return {u["speaker"] for u in FeatureSource(str(cache)).index["utterances"]}
+
+    seen = speakers(vqmae_workdir / "index_cache_pretrain" / "train")
+    labelled = set().union(*(speakers(vqmae_workdir / "index_cache" / s) for s in ("train", "validation", "test")))
+    assert len(labelled) == 6 and len(seen) >= 6 and not seen & labelled
+
+
+def test_linear_probe_curve_reads_each_checkpoint_and_the_initial_weights(vqmae_workdir, tmp_path):
+    from avrep.evaluation import vqmae as vqmae_eval
+
+    run = str(vqmae_workdir / "vqmae_av")
+    labelled = vqmae_eval.LabelledWindows(
+        run, "synthav/vqmae_smoke", str(vqmae_workdir / "data"), str(vqmae_workdir / "index_cache")
+    )
+    assert len(labelled.emotions) == 24 and len(set(labelled.speakers)) == 6  # every labelled utterance
+    assert len(labelled.owner) == len(labelled.windows["x_visual"]) > 24  # several windows per utterance
+    # Step 0 is the initial weights the run drew from its seed, not the first checkpoint's.
+    first = load_checkpoint(vqmae_workdir / "vqmae_av" / "checkpoints" / "3").variables["params"]
+    initial = labelled.variables(0)["params"]
+    assert jax.tree.structure(initial) == jax.tree.structure(first)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(first)))
+    rows = vqmae_eval.linear_probe_curve(labelled, (0, 3, 6), batch=24, log=lambda _: None)
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    for r in rows:
+        assert 0.0 <= r["probe_accuracy"] <= 100.0 and r["probe_accuracy_std"] >= 0.0
+        assert 100 / 8 <= r["chance"] <= 50.0  # majority class of a test fold, 8 classes
+    # The masked-token accuracy is the masking curve's, for the same masks (one batch of the first windows).
+    module = labelled.task.module
+    x = tuple(labelled.first[k].astype(np.int32) for k in ("x_audio", "x_visual"))
+    _, accuracy = vqmae_eval._predicted_grids(module, labelled.variables(6), x, np.float32(0.5), jax.random.key(0))
+    assert rows[2]["masked_accuracy_audio"] == pytest.approx(100 * float(accuracy["audio"]), abs=1e-3)
+    assert rows[2]["masked_accuracy_visual"] == pytest.approx(100 * float(accuracy["visual"]), abs=1e-3)
+    md = vqmae_eval.write_probe_table(str(tmp_path), rows, labelled, 0.5)
+    assert open(md).read().count("\n| ") == 4  # header + 3 steps
+    with pytest.raises(ValueError, match=r"no checkpoint at step\(s\) \[400\] \(kept: \[3, 6\]\)"):
+        vqmae_eval.linear_probe_curve(labelled, (0, 400))
 
 
 def test_frozen_encoder_gets_no_updates(vqmae_workdir, tmp_path):

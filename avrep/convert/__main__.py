@@ -1,7 +1,7 @@
 """Imports a released checkpoint into an avrep run directory.
 
 python -m avrep.convert dvae  --weights FILE(.npz|.pt) [--config-ini FILE] [--preset NAME] --out RUN_DIR
-python -m avrep.convert vqvae --weights FILE(.npz|.pt) [--preset vqmae|mdvae] [--batch-stats MODE] --out RUN_DIR
+python -m avrep.convert vqvae --weights FILE(.npz|.pt) [--preset vqmae|vqmae_s|mdvae] [--batch-stats MODE] --out RUN_DIR
 
 Then ``avrep.load_checkpoint(RUN_DIR)`` loads the model and ``python evaluate.py --workdir RUN_DIR`` evaluates it
 (on SynthAV's speech unless ``--dataset``). A torch file needs ``pip install 'avrep[torch]'``.
@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     vqvae.add_argument(
         "--preset",
         default=None,
-        choices=("vqmae", "mdvae"),
-        help="the STFT (default: vqmae with BatchNorm, else mdvae)",
+        choices=("vqmae", "vqmae_s", "mdvae"),
+        help="the STFT (default: vqmae with BatchNorm, else mdvae; vqmae_s: hop 256, for configs/vqmae.py:audio,paper)",
     )
     vqvae.add_argument(
         "--batch-stats", default="running", choices=("running", "batch"), help="BatchNorm statistics at inference"

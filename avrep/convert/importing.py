@@ -44,10 +44,13 @@ AUDIO = {
     "dvae": dict(_STFT, n_fft=512, hop=256),  # DVAE benchmark (branch interspeech), 257 bins
     "dvae_se": dict(_STFT, n_fft=1024, hop=256),  # DVAE_SE, 513 bins
     "vqmae": dict(sample_rate=16000, n_fft=1024, hop=320, window="hann", pad_mode="constant"),  # VQ-MAE-S
+    # The thesis's VQ-MAE-S STFT (hop 256, 75 % overlap): the released tokenizer (trained at hop 320; it is frame-wise,
+    # so the hop only sets which frames it sees) as the tokenizer of configs/vqmae.py:audio,paper.
+    "vqmae_s": dict(sample_rate=16000, n_fft=1024, hop=256, window="hann", pad_mode="constant"),
     "mdvae": dict(sample_rate=16000, n_fft=1024, hop=533, window="hann", pad_mode="constant"),  # code-mdvae
     "sf_vae": dict(sample_rate=16000, n_fft=1024, hop=256, window="hann", pad_mode="reflect"),  # source-filter VAE
 }
-VQVAE_SETTINGS = ("vqmae", "mdvae")  # the speech VQ-VAEs' STFTs (configs/vqvae_audio.py's settings)
+VQVAE_SETTINGS = ("vqmae", "vqmae_s", "mdvae")  # the speech VQ-VAEs' STFTs (configs/vqvae_audio.py's variants)
 FAMILIES = {"dvae": "a DVAE-family model (VAE, DKF, STORN, VRNN, SRNN, RVAE, DSAE)", "vqvae": "a speech VQ-VAE"}
 
 
@@ -131,12 +134,13 @@ def speech_vqvae_config(
     model: Mapping[str, Any], *, name: str, setting: str, data_name: str = DATASET, data_dir: str = ""
 ) -> ml_collections.ConfigDict:
     """A run config in the schema of ``configs/vqvae_audio.py`` for the audio VQ-VAE ``model``; ``setting``:
-    ``"vqmae"`` (VQ-MAE-S's STFT, hop 320) or ``"mdvae"`` (code-mdvae's, hop 533)."""
+    ``"vqmae"`` (VQ-MAE-S's STFT, hop 320), ``"vqmae_s"`` (the thesis's VQ-MAE-S STFT, hop 256) or ``"mdvae"``
+    (code-mdvae's, hop 533)."""
     if setting not in VQVAE_SETTINGS:
         raise ValueError(f"speech VQ-VAE preset {setting!r}: expected one of {VQVAE_SETTINGS}")
     from configs import vqvae_audio  # deferred: the family's config file gives the schema and schedule
 
-    c = vqvae_audio.get_config("vqmae" if setting == "vqmae" else None)
+    c = vqvae_audio.get_config(setting if setting != "mdvae" else None)
     c.name = name
     c.model = _model_block(model, c.model)
     c.audio = ml_collections.ConfigDict(AUDIO[setting])
@@ -237,7 +241,8 @@ def import_speech_vqvae(
 ) -> str:
     """Writes a run directory ``out`` holding a released speech VQ-VAE; returns its path.
 
-    ``preset``: the STFT setting, ``"vqmae"`` (VQ-MAE-S's tokenizers: Hann 1024, hop 320) or ``"mdvae"``
+    ``preset``: the STFT setting, ``"vqmae"`` (VQ-MAE-S's tokenizers: Hann 1024, hop 320), ``"vqmae_s"`` (hop 256:
+    the tokenizer of ``configs/vqmae.py:audio,paper``) or ``"mdvae"``
     (code-mdvae's: hop 533); by default ``"vqmae"`` for a network with BatchNorm (VQ-MAE-S's), else
     ``"mdvae"``. ``batch_stats_mode``: BatchNorm statistics at inference, ``"running"`` (avrep's default) or
     ``"batch"`` (the authors' tokenisation; ``avrep.models.vqvae``).

@@ -77,16 +77,21 @@ def torch_to_flax(state_dict: Mapping[str, Any]) -> tuple[dict, dict[tuple[str, 
     for key, value in state_dict.items():
         value = np.asarray(value)
         path, transpose = flax_path(key, value.shape)
-        if path in origin:
-            raise ValueError(f"{key} and {origin[path]} both map to {'/'.join(path)}")
-        origin[path] = key
-        node = params
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"{key}: {'/'.join(path)} lies under a tensor")
-        node[path[-1]] = value.T if transpose else value
+        place(params, origin, path, key, value.T if transpose else value)
     return params, origin
+
+
+def place(params: dict, origin: dict[tuple[str, ...], str], path: tuple[str, ...], key: str, value) -> None:
+    """Puts ``value`` (from torch tensor ``key``) at ``path`` of the nested ``params``; two tensors never share one."""
+    if path in origin:
+        raise ValueError(f"{key} and {origin[path]} both map to {'/'.join(path)}")
+    origin[path] = key
+    node = params
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{key}: {'/'.join(path)} lies under a tensor")
+    node[path[-1]] = value
 
 
 def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:

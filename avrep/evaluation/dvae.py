@@ -43,21 +43,25 @@ def _power_fn(model, use_pred: float | None):
     return power
 
 
-def segment_waveforms(config, source, *, limit: int | None, segment_seconds: float) -> list[np.ndarray]:
-    """Peak-normalised test waveforms, each cut to a multiple of ``segment_seconds`` (shorter ones dropped)."""
+def segment_waveforms(
+    config, source, *, limit: int | None, segment_seconds: float
+) -> tuple[list[np.ndarray], list[str]]:
+    """Peak-normalised test waveforms, each cut to a multiple of ``segment_seconds`` (shorter ones dropped), and
+    their utterance ids."""
     seg = int(segment_seconds * int(config.audio.sample_rate))
-    wavs = []
+    wavs, ids = [], []
     for utt in speech_utterances(source, int(config.audio.hop)):
         if limit is not None and len(wavs) == limit:
             break
         if utt["wav"].size >= seg:
             wavs.append(utt["wav"][: utt["wav"].size // seg * seg])
-    return wavs
+            ids.append(utt["utterance_id"])
+    return wavs, ids
 
 
 def resynthesis_rows(model, source, *, limit: int | None = None, segment_seconds: float = 0.25) -> tuple[list, dict]:
     """Rows {condition, rmse, si_sdr, pesq, estoi (means, stds, n)} and one example (power, recon)."""
-    wavs = segment_waveforms(model.config, source, limit=limit, segment_seconds=segment_seconds)
+    wavs, ids = segment_waveforms(model.config, source, limit=limit, segment_seconds=segment_seconds)
     if not wavs:
         raise ValueError(f"{source.description}: no test utterance of at least {segment_seconds} s")
     hop = int(model.config.audio.hop)
@@ -73,7 +77,13 @@ def resynthesis_rows(model, source, *, limit: int | None = None, segment_seconds
             return power(model.variables, batch), valid
 
         result = resynthesis.score_audio(
-            wavs, reconstruct, model.config.audio, griffin_lim=False, bucket_seconds=segment_seconds, metrics=METRICS
+            wavs,
+            reconstruct,
+            model.config.audio,
+            griffin_lim=False,
+            bucket_seconds=segment_seconds,
+            metrics=METRICS,
+            ids=ids,
         )
         rows.append({"condition": condition, **result["conditions"]["original phase"]})
         example = example or result["example"]

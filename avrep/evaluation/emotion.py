@@ -462,8 +462,9 @@ def _percent(row: Mapping, metric: str) -> str:
     return text if std is None or math.isnan(std) else f"{text} ± {100 * std:.1f}"
 
 
-def _table4_markdown(rows: Sequence[Mapping], dataset: str) -> str:
-    """[MDVAE] Table 4 layout: one line per (setting, classifier, representation), tasks side by side."""
+def _table4_markdown(rows: Sequence[Mapping], dataset: str, trained_on: str | None = None) -> str:
+    """[MDVAE] Table 4 layout: one line per (setting, classifier, representation), tasks side by side; the title
+    names the corpus evaluated on, and the one the representations were learnt on where it differs."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     keys = list(dict.fromkeys((r["setting"], r["classifier"], r["representation"]) for r in rows))
     cell = {(r["setting"], r["classifier"], r["representation"], r["task"]): r for r in rows}
@@ -476,7 +477,9 @@ def _table4_markdown(rows: Sequence[Mapping], dataset: str) -> str:
     for t in tasks:
         header += [f"{_TASK_NAMES.get(t, t)} {dataset} Acc", f"{_TASK_NAMES.get(t, t)} {dataset} F1"]
     lines = [
-        f"# Emotion recognition on {dataset} (MDVAE paper Table 4 layout)",
+        f"# Emotion recognition on {dataset}"
+        + (f", representations learnt on {trained_on}" if trained_on and trained_on != dataset else "")
+        + " (MDVAE paper Table 4 layout)",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -543,6 +546,7 @@ def write_emotion_tables(
     *,
     dataset: str = "MEAD",
     name: str = "emotion",
+    trained_on: str | None = None,
 ) -> dict[str, str]:
     """Writes ``{name}.csv`` / ``{name}.md`` ([MDVAE] Table 4) and, with a curve, ``{name}_few_label.csv`` / ``.png``.
 
@@ -553,7 +557,7 @@ def write_emotion_tables(
     paths = {"csv": os.path.join(out_dir, f"{name}.csv"), "md": os.path.join(out_dir, f"{name}.md")}
     write_csv(paths["csv"], rows, ROW_COLUMNS + EXTRA_COLUMNS)
     with open(paths["md"], "w") as f:
-        f.write(_table4_markdown(rows, dataset))
+        f.write(_table4_markdown(rows, dataset, trained_on))
     if curve:
         paths["curve_csv"] = os.path.join(out_dir, f"{name}_few_label.csv")
         paths["curve_png"] = os.path.join(out_dir, f"{name}_few_label.png")
@@ -575,6 +579,7 @@ def run_emotion_evaluation(
     curve_task: str = "category",
     curve_seeds: Sequence[int] = (0, 1, 2),
     dataset: str = "MEAD",
+    trained_on: str | None = None,
     protocol: EmotionProtocol = EmotionProtocol(),
 ) -> tuple[list[dict], list[dict], dict]:
     """[MDVAE] Table 4 rows + Fig. 12 curve, written to ``out_dir``; returns ``(rows, curve, paths)``.
@@ -597,4 +602,4 @@ def run_emotion_evaluation(
         if fractions
         else []
     )
-    return rows, curve, write_emotion_tables(out_dir, rows, curve, dataset=dataset)
+    return rows, curve, write_emotion_tables(out_dir, rows, curve, dataset=dataset, trained_on=trained_on)

@@ -7,9 +7,10 @@ the speech-prior runs and the per-utterance budget. For every test set (a "condi
   * the noisy mixture itself, against the clean reference;
   * the oracle Wiener filter |S|² / (|S|² + |N|²) · X from the true speech and noise STFTs (an upper bound);
   * the methods the plan lists (``METHODS``), each with the priors it names: VEM with an NMF noise model
-    ([DVAE-SE]; RVAE-VEM, the thesis's baseline, with an RVAE prior), the DVAE noise models LV / NO / NOLV
-    ([Lin-thesis] Ch. 6) and VAE + NMF by Monte-Carlo EM, all in configuration U-NA (per utterance; U-ND /
-    U-NDA need a noise model trained on the noisy train split, not built yet);
+    ([DVAE-SE]; RVAE-VEM, the thesis's baseline, with an RVAE prior) and VAE + NMF by Monte-Carlo EM (U-NA),
+    the DVAE noise models LV / NO / NOLV ([Lin-thesis] Ch. 6) in U-NA (per utterance), U-ND (trained on the
+    condition's noisy *train* split, the plan's ``und`` budget, then one forward pass) and U-NDA (U-ND's
+    networks adapted per utterance);
 
 on the same first ``limit`` test utterances, with SI-SDR (dB), PESQ wide-band (P.862.2) and narrow-band
 (P.862 + P.862.1 mapping, the 16 kHz input filtered by the library), and ESTOI (pystoi). Enhancement runs
@@ -18,7 +19,8 @@ The real-time factor is processing seconds per second of audio, compilation excl
 events are subtracted from the wall time), on the device named in the table, at the stated batch size.
 
 Outputs in ``<workdir>/eval/``: se_results.md/.csv (per condition × method × prior × configuration),
-se_by_snr.md/.csv (per SNR), se_rtf.md/.csv, se_per_utterance.csv, se_<condition>_spectrograms.png (noisy /
+se_by_snr.md/.csv (per SNR), se_av.md/.csv (audio-only vs audiovisual per SNR, the plan's ``av``
+block: av_enhancement.py), se_rtf.md/.csv, se_per_utterance.csv, se_<condition>_spectrograms.png (noisy /
 enhanced / clean) and se_audio/<condition>/*.wav (a few examples: noisy, clean, each enhanced version).
 """
 
@@ -65,28 +67,38 @@ _NOTES = [
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """An enhancement method: ``enhance(model, variables, batch, iterations, key) -> S_hat [B, T, F]``."""
+    """An enhancement method: ``enhance(model, variables, batch, iterations, key, trained) -> S_hat [B, T, F]``,
+    ``trained`` the output of the noise model trained on noisy speech (``trains``: U-ND, U-NDA), else None."""
 
     name: str  # the row label; "{prior}" is replaced by the prior's display name
     config: str  # U-NA / U-ND / U-NDA, as [Lin-thesis] Table 6.1
     enhance: Callable
     unsupported: Callable  # (module, params) -> None, or why the method cannot use this prior
+    trains: str | None = None  # the noise-model kind trained on the noisy train split first (U-ND, U-NDA)
 
 
-def _vem(model, variables, batch, iterations: int, key):
+def _vem(model, variables, batch, iterations: int, key, trained=None):
     settings = se.VEMSettings(num_iterations=iterations)
     return se.enhance_vem(model, variables, batch.X, batch.mask, settings=settings, key=key)["S_hat"]
 
 
-def _mcem(model, variables, batch, iterations: int, key):
+def _mcem(model, variables, batch, iterations: int, key, trained=None):
     settings = se.MCEMSettings(num_iterations=iterations)
     return se.mcem(model, variables, batch.X, batch.mask, settings=settings, key=key)["S_hat"]
 
 
 def _una(kind: str) -> Callable:
-    def enhance(model, variables, batch, iterations: int, key):
+    def enhance(model, variables, batch, iterations: int, key, trained=None):
         settings = se.NoiseModelSettings(kind=kind, num_iterations=iterations)
-        return se.una(model, variables, batch.X, batch.mask, settings=settings, key=key)["S_hat"]
+        return se.una(model, variables, batch.X, batch.mask, settings=settings, key=key, start=trained)["S_hat"]
+
+    return enhance
+
+
+def _und(kind: str) -> Callable:
+    def enhance(model, variables, batch, iterations: int, key, trained=None):
+        settings = se.NoiseModelSettings(kind=kind)
+        return se.und(model, variables, trained, batch.X, batch.mask, settings=settings)["S_hat"]
 
     return enhance
 
@@ -117,7 +129,17 @@ METHODS = {
     "mcem": Method("{prior}-MCEM", "U-NA", _mcem, _is_prior("VAE")),
     **{
         f"una_{kind.lower()}": Method(f"{{prior}}-{kind}", "U-NA", _una(kind), _why_unsupported)
-        for kind in ("LV", "NO", "NOLV")
+        for kind in se.noise_models.KINDS
+    },
+    # U-ND: one forward pass of the networks trained on the noisy train split ("iterations" is not read);
+    # U-NDA: per-utterance adaptation from them ([Lin-thesis] Table 6.3: 190 iterations on WSJ0-QUT, 25 on VB-DMD).
+    **{
+        f"und_{kind.lower()}": Method(f"{{prior}}-{kind}", "U-ND", _und(kind), _why_unsupported, trains=kind)
+        for kind in se.noise_models.KINDS
+    },
+    **{
+        f"unda_{kind.lower()}": Method(f"{{prior}}-{kind}", "U-NDA", _una(kind), _why_unsupported, trains=kind)
+        for kind in se.noise_models.KINDS
     },
 }
 
@@ -168,6 +190,47 @@ def oracle_wiener(mixture: dict) -> np.ndarray:
     return np.asarray(se.frontend.istft(gain * spectra["noisy"], n))[0]
 
 
+def noisy_windows(dataset: str, data_dir: str, settings: se.UNDSettings, *, utterances: int, seed: int) -> Callable:
+    """``windows(step) -> (power [B, T, F], mask [B, T])``: random windows of ``settings.frames`` frames of the
+    noisy waveforms (peak-normalised as at test time) of the first ``utterances`` mixtures of the dataset's
+    train split, ``settings.batch_size`` per step, drawn from ``seed`` and the step; an utterance shorter than
+    a window is padded (mask False). Only the noisy signal is read: U-ND never sees the clean references."""
+    from data_pipelines.noisy_speech import decode_mixture  # deferred: it imports TFDS (the builder)
+
+    source = open_source(dataset, "train", data_dir)
+    count = min(utterances, len(source))
+    if count < 1:
+        raise ValueError(f"U-ND training: {source.description} has no mixtures (build its train split)")
+    noisy = [decode_mixture(source[i], f"{source.description}: record {i}")["noisy"] for i in range(count)]
+    powers = se.frontend.power_spectrograms(noisy)
+    frames, bins = settings.frames, powers[0].shape[-1]
+
+    def windows(step: int):
+        rng = np.random.default_rng([seed, step])
+        power = np.zeros((settings.batch_size, frames, bins), np.float32)
+        mask = np.zeros((settings.batch_size, frames), bool)
+        for b, u in enumerate(rng.integers(0, count, settings.batch_size)):
+            p = powers[u]
+            start = int(rng.integers(0, max(p.shape[0] - frames, 0) + 1))
+            window = p[start : start + frames]
+            power[b, : window.shape[0]], mask[b, : window.shape[0]] = window, True
+        return power, mask
+
+    return windows
+
+
+def train_noise_model(model, variables, kind: str, dataset: str, plan: dict) -> tuple[dict, float, np.ndarray]:
+    """U-ND training of a ``kind`` noise model for one prior on the noisy train split of ``dataset`` with the
+    plan's ``und`` budget: (the trained networks, seconds, the objective at every step)."""
+    budget = dict(plan.get("und", {}))
+    utterances = int(budget.pop("utterances", 200))
+    settings = se.UNDSettings(noise=se.NoiseModelSettings(kind=kind), **budget)
+    windows = noisy_windows(dataset, plan["data_dir"], settings, utterances=utterances, seed=int(plan["seed"]))
+    began = time.perf_counter()
+    trained, losses = se.train_und(model, variables, windows, settings=settings, key=jax.random.key(int(plan["seed"])))
+    return trained, time.perf_counter() - began, losses
+
+
 def _score(mixture: dict, estimate: np.ndarray) -> dict:
     return metrics_lib.audio_metrics(mixture["clean"], estimate, SAMPLE_RATE, METRICS)
 
@@ -177,23 +240,29 @@ def _load_prior(run_dir: str):
     return load_checkpoint(os.path.join(run_dir, CHECKPOINT_SUBDIR, str(best))), best
 
 
-def enhance_all(method: Method, model, mixtures: list[dict], *, batch: int, iterations: int, seed: int):
+def enhance_all(method: Method, model, mixtures: list[dict], *, batch: int, iterations: int, seed: int, trained=None):
     """(estimates in the mixtures' order, processing seconds without compilation, compile seconds)."""
     order = sorted(range(len(mixtures)), key=lambda i: mixtures[i]["noisy"].size)
     estimates: list[np.ndarray | None] = [None] * len(mixtures)
     module, variables = model.task.module, {"params": model.variables["params"]}
-    wall = 0.0
+    wall, timed_compile = 0.0, method.config != "U-ND"
     with compile_timer() as compiled:
         for start in range(0, len(order), batch):
             chunk = order[start : start + batch]
             frames = se.batch_stft([mixtures[i]["noisy"] for i in chunk])
             key = jax.random.fold_in(jax.random.key(seed), start)
             began = time.perf_counter()
-            S_hat = jax.block_until_ready(method.enhance(module, variables, frames, iterations, key))
+            extra = {"trained": trained} if method.trains else {}
+            if method.config == "U-ND":
+                # One pass is shorter than its compilation, which the subtracted compile events over-count
+                # (nested traces): the compiled program is run once first and the second run timed.
+                jax.block_until_ready(method.enhance(module, variables, frames, iterations, key, **extra))
+                began = time.perf_counter()
+            S_hat = jax.block_until_ready(method.enhance(module, variables, frames, iterations, key, **extra))
             wall += time.perf_counter() - began
             for i, wave in zip(chunk, se.batch_istft(S_hat, frames)):
                 estimates[i] = wave
-    return estimates, max(wall - compiled[0], 0.0), compiled[0]
+    return estimates, max(wall - compiled[0], 0.0) if timed_compile else wall, compiled[0]
 
 
 def _spectrogram_figure(path: str, title: str, panels: list[tuple[str, np.ndarray]]) -> None:
@@ -259,10 +328,11 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
             priors[prior_name] = (*_load_prior(run_dir), run_dir)
         else:
             log(f"[avrep] se {name}: no trained prior in {run_dir}; its rows are left out")
+    trained_noise = {}  # (prior, kind) -> U-ND networks, shared by U-ND and U-NDA
     for entry in plan["methods"]:
         if entry["method"] not in METHODS:
             raise ValueError(f"{PLAN_FILE}: unknown method {entry['method']!r}; expected one of {sorted(METHODS)}")
-        method, iterations = METHODS[entry["method"]], int(entry["iterations"][name])
+        method, iterations = METHODS[entry["method"]], int(entry["iterations"].get(name, 0))
         for prior_name in entry["priors"]:
             if prior_name not in priors:
                 continue
@@ -273,8 +343,26 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
                 log(f"[avrep] se {name}: {method.name.format(prior=display)} skipped: {why}")
                 continue
             label = method.name.format(prior=display)
+            trained, train_seconds = None, 0.0
+            if method.trains:
+                if (prior_name, method.trains) not in trained_noise:
+                    variables = {"params": model.variables["params"]}
+                    fit = train_noise_model(model.task.module, variables, method.trains, condition["dataset"], plan)
+                    trained_noise[prior_name, method.trains] = fit
+                    log(
+                        f"[avrep] se {name}: U-ND {display}-{method.trains} trained in {fit[1]:.0f} s, objective "
+                        f"{np.mean(fit[2][:20]):.3f} -> {np.mean(fit[2][-20:]):.3f} per frame"
+                    )
+                    train_seconds = fit[1]
+                trained = trained_noise[prior_name, method.trains][0]
             estimates, seconds, compile_seconds = enhance_all(
-                method, model, mixtures, batch=int(plan["batch"]), iterations=iterations, seed=int(plan["seed"])
+                method,
+                model,
+                mixtures,
+                batch=int(plan["batch"]),
+                iterations=iterations,
+                seed=int(plan["seed"]),
+                trained=trained,
             )
             add(label, display, method.config, estimates, run=f"{os.path.basename(run_dir)}@{step}")
             rtf_rows.append(
@@ -282,15 +370,23 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
                     condition=name,
                     method=label,
                     config=method.config,
-                    iterations=iterations,
+                    iterations=iterations if method.config != "U-ND" else "-",
                     batch=min(int(plan["batch"]), len(mixtures)),
                     device=device_description(),
                     rtf=seconds / audio_seconds,
                     compile_s=compile_seconds,
+                    train_s=train_seconds,
                     n=len(mixtures),
                 )
             )
             log(f"[avrep] se {name}: {label} RTF {seconds / audio_seconds:.3f} (compile {compile_seconds:.1f} s)")
+
+    av = plan.get("av")
+    if av and av.get("condition") == name:
+        if os.path.isdir(os.path.join(plan["data_dir"], av["dataset"])):
+            rtf_rows += _audiovisual_rows(name, av, plan, mixtures, add, log)
+        else:
+            log(f"[avrep] se {name}: {av['dataset']} is not built in {plan['data_dir']}; no audiovisual rows")
 
     for k, m in enumerate(mixtures[: int(plan["examples"])]):
         enhanced = {label: est[k] for label, est in outputs.items() if label != "Noisy mixture"}
@@ -304,6 +400,38 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
                 panels,
             )
     return {"per_utterance": per_utterance, "rtf": rtf_rows}
+
+
+def _audiovisual_rows(name: str, av: dict, plan: dict, mixtures: list[dict], add, log) -> list[dict]:
+    """AV-CVAE and its audio-only counterpart on the same mixtures, read with their video from ``av["dataset"]``
+    (the condition's ``_av`` test split); returns their RTF rows."""
+    from avrep.evaluation import av_enhancement
+
+    with_video = load_mixtures(av["dataset"], plan["data_dir"], len(mixtures))
+    ids, av_ids = [m["utterance_id"] for m in mixtures], [m["utterance_id"] for m in with_video]
+    if av_ids != ids:
+        raise ValueError(f"{PLAN_FILE}: av.dataset {av['dataset']} does not hold the mixtures of {name} in order")
+    log(f"[avrep] se {name}: audio-only vs audiovisual on {len(with_video)} mixtures of {av['dataset']}")
+    rows = []
+    audio_seconds = sum(m["noisy"].size for m in mixtures) / SAMPLE_RATE
+    for label, (estimates, info) in av_enhancement.train_and_enhance(av, plan, with_video, log).items():
+        prior = "AV-CVAE" if label == av_enhancement.AV_LABEL else "A-CVAE"
+        add(label, prior, "U-NA", estimates, run=f"trained here ({av['train_dataset']})")
+        rows.append(
+            dict(
+                condition=name,
+                method=label,
+                config="U-NA",
+                iterations=int(av["iterations"]),
+                batch=min(int(plan["batch"]), len(mixtures)),
+                device=device_description(),
+                rtf=info["seconds"] / audio_seconds,
+                compile_s=0.0,
+                train_s=info["train_s"],
+                n=len(mixtures),
+            )
+        )
+    return rows
 
 
 def _group(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
@@ -345,6 +473,24 @@ def evaluate_plan(workdir: str, out_dir: str, *, log=print, limit: int | None = 
         _METRIC_COLUMNS,
         _NOTES[:1],
     )
+    av_labels = {"Noisy mixture", "A-CVAE-MCEM", "AV-CVAE-MCEM"}
+    av_rows = [r for r in by_snr if r["method"] in av_labels]
+    if any(r["method"] != "Noisy mixture" for r in av_rows):
+        written["se_av"] = write_table(
+            out_dir,
+            "se_av",
+            "Audio-only vs audiovisual speech enhancement per input SNR ([AV-slides]' AV-CVAE)",
+            av_rows,
+            ("condition", "snr_db", "method", "config", "run"),
+            _METRIC_COLUMNS,
+            _NOTES[:1]
+            + [
+                "A-CVAE / AV-CVAE: the same frame-wise speech VAE widths trained on the same clean windows of the "
+                "audiovisual training set, without / with the lip images (visual prior, modified ELBO with the "
+                "plan's alpha); both enhanced by the same Monte-Carlo EM with an NMF noise model. RTF of the "
+                "AV rows includes their compilation."
+            ],
+        )
     if rtf_rows:
         rtf_columns = ("condition", "method", "config", "iterations", "batch", "device")
         written["se_rtf"] = write_table(
@@ -353,11 +499,13 @@ def evaluate_plan(workdir: str, out_dir: str, *, log=print, limit: int | None = 
             "Real-time factor of enhancement (form of [Lin-thesis] Table 6.3)",
             rtf_rows,
             rtf_columns,
-            [("rtf", "RTF ↓", 3), ("compile_s", "compile (s)", 1)],
+            [("rtf", "RTF ↓", 3), ("compile_s", "compile (s)", 1), ("train_s", "U-ND training (s)", 0)],
             [
                 "RTF: seconds of processing per second of test audio (n utterances enhanced in batches of `batch`, "
                 "one compiled program per batch; JAX's tracing and compilation time excluded and shown apart). "
-                "The thesis's RTFs were measured one utterance at a time on a Quadro RTX 4000."
+                "The thesis's RTFs were measured one utterance at a time on a Quadro RTX 4000. U-ND training (on the "
+                "condition's noisy train split, the plan's `und` budget) is shown apart, on the first row that "
+                "needed it; U-NDA reuses U-ND's networks."
             ],
         )
     columns = ["condition", "method", "prior", "config", "run", "utterance_id", "snr_db", "noise_kind", *METRICS]

@@ -12,12 +12,16 @@ averaged per utterance; tables give mean ± std over utterances.
 
 Utterances are zero-padded (silence) to a multiple of ``bucket_seconds`` so a handful of
 shapes compile; metrics are computed on the original length only.
+
+A model output with a NaN or an infinity is not scored (a metric such as PESQ would fail on it, or give a
+number that means nothing): its metrics are NaN, counted as non-finite in the table, and the utterance is
+listed in the summary's ``nonfinite_outputs``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +37,24 @@ AUDIO_METRICS = ("stoi", "pesq", "si_sdr")
 VISUAL_METRICS = ("mse", "psnr", "scc", "ssim")
 
 
+NONFINITE = "nonfinite_outputs"  # summary key: ids of the utterances whose model output was not finite
+
+
 def _utterances(source, hop: int, limit: int | None, decode=decode_utterance) -> Iterable[dict]:
+    """Decoded records (``decode``'s fields) with their ``utterance_id``."""
     n = len(source) if limit is None else min(limit, len(source))
     for i in range(n):
-        yield decode(source[i], hop, f"{source.description}: record {i}")
+        record = source[i]
+        uid = record.get("utterance_id", str(i))
+        yield {
+            "utterance_id": uid.decode() if isinstance(uid, bytes) else str(uid),
+            **decode(record, hop, f"{source.description}: record {i}"),
+        }
+
+
+def _summary(per_item: list[dict], metrics: Sequence[str], nonfinite: list[str]) -> dict[str, Any]:
+    summary = summarize_rows(per_item, metrics)
+    return {**summary, NONFINITE: nonfinite} if nonfinite else summary
 
 
 def _waveform_builder(audio_cfg: dict, griffin_lim_iters: int, griffin_lim: bool):
@@ -83,8 +101,10 @@ def score_audio(
     bucket_seconds: float = 0.5,
     batch_size: int = 16,
     metrics: tuple[str, ...] = AUDIO_METRICS,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Per-condition summaries (mean/std of ``metrics``: STOI, PESQ, SI-SDR by default) and one example for
+    """Per-condition summaries (mean/std of ``metrics``: STOI, PESQ, SI-SDR by default; ``NONFINITE``: the
+    ``ids`` (default: positions in ``wavs``) of utterances whose output was not finite) and one example for
     the figure.
 
     ``reconstruct(batch [B, L] zero-padded waveforms, indices into wavs)`` returns the model's power
@@ -95,6 +115,7 @@ def score_audio(
     bucket = int(bucket_seconds * sr)
     run = _waveform_builder(audio_cfg, griffin_lim_iters, griffin_lim)
     per_condition: dict[str, list[dict]] = {}
+    nonfinite: dict[str, list[str]] = {}
     example = None
     by_length: dict[int, list[int]] = {}
     for i, w in enumerate(wavs):
@@ -110,14 +131,21 @@ def score_audio(
             for row, i in enumerate(chunk):
                 ref = wavs[i]
                 for condition, out in outputs.items():
-                    per_condition.setdefault(condition, []).append(
-                        metrics_lib.audio_metrics(ref, out[row, : ref.size], sr, metrics)
-                    )
+                    estimate = out[row, : ref.size]
+                    if np.all(np.isfinite(estimate)):
+                        values = metrics_lib.audio_metrics(ref, estimate, sr, metrics)
+                    else:
+                        values = dict.fromkeys(metrics, float("nan"))
+                        nonfinite.setdefault(condition, []).append(str(ids[i]) if ids is not None else str(i))
+                    per_condition.setdefault(condition, []).append(values)
             if example is None:
                 frames = 1 + wavs[chunk[0]].size // hop
                 example = {"power": power[0, :frames], "recon": recon[0, :frames]}
     order = sorted(per_condition, key=lambda c: (c.startswith("reference"), c.startswith("Griffin")))
-    return {"conditions": {c: summarize_rows(per_condition[c], metrics) for c in order}, "example": example}
+    return {
+        "conditions": {c: _summary(per_condition[c], metrics, nonfinite.get(c, [])) for c in order},
+        "example": example,
+    }
 
 
 def audio_resynthesis(
@@ -143,28 +171,34 @@ def audio_resynthesis(
         recon = tokenizer_power(model.variables, batch)
         return recon, np.full(len(batch), recon.shape[1], np.int32)
 
-    wavs = [u["wav"] for u in _utterances(source, hop, limit, decode_speech)]  # audio only: speech datasets too
+    utts = list(_utterances(source, hop, limit, decode_speech))  # audio only: speech datasets too
     return score_audio(
-        wavs,
+        [u["wav"] for u in utts],
         reconstruct,
         audio_cfg,
         griffin_lim_iters=griffin_lim_iters,
         bucket_seconds=bucket_seconds,
         batch_size=batch_size,
+        ids=[u["utterance_id"] for u in utts],
     )
 
 
-def score_video(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def score_video(pairs: Iterable[tuple[np.ndarray, np.ndarray]], ids: Sequence[str] | None = None) -> dict[str, Any]:
     """(frames, recon) pairs in [0, 1] -> summary over utterances of per-utterance mean MSE, PSNR, SCC,
-    SSIM, and the first pair as the figure's example."""
-    per_utt, example = [], None
-    for frames, recon in pairs:
+    SSIM (``NONFINITE``: the ``ids``, default positions, of non-finite reconstructions), and the first pair
+    as the figure's example."""
+    per_utt, nonfinite, example = [], [], None
+    for k, (frames, recon) in enumerate(pairs):
+        if not np.all(np.isfinite(recon)):  # np.clip would turn an infinity into a plausible pixel
+            per_utt.append(dict.fromkeys(VISUAL_METRICS, float("nan")))
+            nonfinite.append(str(ids[k]) if ids is not None else str(k))
+            continue
         recon = np.clip(recon, 0.0, 1.0)
         values = metrics_lib.image_metrics(frames, recon, data_range=1.0)
         per_utt.append({m: float(np.mean(values[m])) for m in VISUAL_METRICS})
         if example is None:
             example = {"frames": frames, "recon": recon}
-    return {"summary": summarize_rows(per_utt, VISUAL_METRICS), "example": example}
+    return {"summary": _summary(per_utt, VISUAL_METRICS, nonfinite), "example": example}
 
 
 def visual_resynthesis(model, source, *, limit: int | None = None, batch: int = 32) -> dict[str, Any]:
@@ -176,12 +210,15 @@ def visual_resynthesis(model, source, *, limit: int | None = None, batch: int = 
     hop = int(model.config.audio["hop"])
     apply = jax.jit(lambda v, x: {"recon": model.apply_fn(v, x["frames"] - 0.5)["recon"] + 0.5})
 
+    ids = []  # filled as the pairs are drawn (one utterance in memory at a time), so ids[k] names pair k
+
     def pairs():
         for utt in _utterances(source, hop, limit):
+            ids.append(utt["utterance_id"])
             frames = utt["video"].astype(np.float32) / 255.0
             yield frames, batched_apply(apply, model.variables, {"frames": frames}, batch)["recon"]
 
-    return score_video(pairs())
+    return score_video(pairs(), ids=ids)
 
 
 def spectrogram_figure(example: dict, path: str, title: str) -> None:
@@ -207,7 +244,10 @@ def spectrogram_figure(example: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def faces_figure(example: dict, path: str, title: str, count: int = 8) -> None:
+def faces_figure(example: dict | None, path: str, title: str, count: int = 8) -> None:
+    """Frames over their reconstructions; no figure when no utterance had a finite one (``example`` None)."""
+    if example is None:
+        return
     import matplotlib
 
     matplotlib.use("Agg")

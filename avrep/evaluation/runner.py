@@ -19,6 +19,7 @@ from avrep.evaluation.tables import write_csv, write_table
 from avrep.features.cache import feature_cache_dir
 from avrep.runs import CHECKPOINT_SUBDIR
 from avrep.tasks import load_checkpoint
+from data_pipelines import registry
 from data_pipelines.sources import open_source
 
 
@@ -187,6 +188,10 @@ class Evaluation:
     limit: int | None = None
     griffin_lim_iters: int = 32
     emotion_splits: tuple[str, ...] = ("train", "validation", "test")
+    # Cross-corpus emotion recognition: the dataset (and its data_dir) whose utterances the emotion table uses
+    # instead of each run's training corpus (e.g. w of a MEAD-trained model on RAVDESS, [MDVAE] Table 4).
+    emotion_corpus: str | None = None
+    emotion_data_dir: str | None = None
     swap_count: int = 8  # donors = recipients of the transformation experiment (count * (count - 1) pairs)
     denoise_count: int = 24  # test sequences of the denoising experiment
     log: Callable[[str], None] = print
@@ -194,6 +199,7 @@ class Evaluation:
     # representation name -> {utterance_id: vector}; labels: utterance_id -> {speaker, emotion, intensity}
     representations: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     labels: dict[str, dict] = dataclasses.field(default_factory=dict)
+    emotion_datasets: dict[str, set] = dataclasses.field(default_factory=dict)  # "evaluated" / "trained": dataset names
     denoisers: list[SequenceModel] = dataclasses.field(default_factory=list)  # VQ runs that decode video
 
 
@@ -246,14 +252,15 @@ def _evaluate_sequence(model, run_dir: str, ev: Evaluation) -> None:
                 recon[row, : len(power)], valid[row] = power, len(power)
             return recon, valid
 
-        result = resynthesis.score_audio(wavs, reconstruct, config.audio, griffin_lim=False)
+        ids = [u["utterance_id"] for u in utts]
+        result = resynthesis.score_audio(wavs, reconstruct, config.audio, griffin_lim=False, ids=ids)
         for condition, summary in result["conditions"].items():
             ev.rows.setdefault(AUDIO_TABLE.name, []).append(
                 {"model": seq.name, "condition": condition, "run": run, **summary}
             )
     if "visual" in seq.outputs:
         pairs = ((u["video"].astype(np.float32) / 255.0, s["video"]) for u, s in zip(utts, signals))
-        result = resynthesis.score_video(pairs)
+        result = resynthesis.score_video(pairs, ids=[u["utterance_id"] for u in utts])
         ev.rows.setdefault(VISUAL_TABLE.name, []).append(
             {"model": seq.name, "condition": "-", "run": run, **result["summary"]}
         )
@@ -273,10 +280,16 @@ def _collect_static_latents(seq: SequenceModel, run_dir: str, ev: Evaluation) ->
     """Utterance-level w (mean over the utterance's windows of the posterior mean) of every utterance of
     ``ev.emotion_splits``, for the emotion-recognition table."""
     config = seq.config
+    name, data_dir = emotion_corpus(config, ev)
     vectors = {}
     for split in ev.emotion_splits:
-        source = open_source(config.data.name, split, config.data.data_dir)
-        meta, xs = seq.split_latent_inputs(source, cache_dir=feature_cache_dir(seq.config, run_dir, split))
+        source = open_source(name, split, data_dir)
+        if name == config.data.name:
+            cache_dir = feature_cache_dir(seq.config, run_dir, split)
+        else:  # another corpus's features, from this run's tokenizers: beside the run, never in its training cache
+            check_same_setting(source, config)
+            cache_dir = os.path.join(run_dir, "feature_cache_" + name.replace("/", "_"), split)
+        meta, xs = seq.split_latent_inputs(source, cache_dir=cache_dir)
         missing = {"speaker", "emotion", "intensity"} - set(meta[0]) if meta else set()
         if missing:
             ev.log(f"[avrep] {source.description} has no {sorted(missing)} labels: no emotion table for it")
@@ -284,7 +297,29 @@ def _collect_static_latents(seq: SequenceModel, run_dir: str, ev: Evaluation) ->
         for m, latents in zip(meta, seq.encode_utterances(xs)):
             vectors[m["utterance_id"]] = latents["w"].mean(axis=0)
             ev.labels[m["utterance_id"]] = {k: m[k] for k in ("speaker", "emotion", "intensity")}
-    ev.representations[f"{seq.name} w"] = vectors
+    key = f"{seq.name} w"
+    if key in ev.representations:  # e.g. a model and its fine-tuning on the target corpus: told apart by run
+        key = f"{seq.name} w [{_run_name(run_dir)}]"
+    ev.representations[key] = vectors
+    ev.emotion_datasets.setdefault("evaluated", set()).add(name)
+    ev.emotion_datasets.setdefault("trained", set()).add(str(config.data.name))
+
+
+def emotion_corpus(config, ev: Evaluation) -> tuple[str, str]:
+    """(dataset, data_dir) whose utterances the emotion table uses: ``ev.emotion_corpus`` (cross-corpus) or the
+    run's own corpus; the data_dir is ``ev.emotion_data_dir``, else the run's."""
+    return ev.emotion_corpus or str(config.data.name), ev.emotion_data_dir or str(config.data.data_dir)
+
+
+def check_same_setting(source, config) -> None:
+    """Another corpus must be built in the run's setting (face size; the frozen tokenizers read its frames)."""
+    video = np.asarray(source[0].get("video", ()))
+    size = int(config.data.image_size)
+    if video.ndim == 4 and video.shape[0] and video.shape[1:3] != (size, size):
+        raise ValueError(
+            f"--emotion_corpus: {source.description} has {video.shape[1]}x{video.shape[2]} faces, but the run "
+            f"{config.get('name')} was trained on {size}x{size} ({config.data.name}): build the corpus in that setting"
+        )
 
 
 def _emotion_tables(ev: Evaluation) -> dict:
@@ -296,8 +331,10 @@ def _emotion_tables(ev: Evaluation) -> dict:
         "intensity": np.array([ev.labels[i]["intensity"] for i in ids]),
     }
     speakers = np.array([ev.labels[i]["speaker"] for i in ids])
+    evaluated = ", ".join(sorted({registry.title(n) for n in ev.emotion_datasets["evaluated"]}))
+    trained = ", ".join(sorted({registry.title(n) for n in ev.emotion_datasets["trained"]}))
     _, _, paths = run_emotion_evaluation(
-        ev.out_dir, reps, labels, speakers, dataset="SynthAV", protocol=EMOTION_PROTOCOL
+        ev.out_dir, reps, labels, speakers, dataset=evaluated, trained_on=trained, protocol=EMOTION_PROTOCOL
     )
     ev.log(f"[avrep] emotion recognition on {len(ids)} utterances of {ev.emotion_splits}: {paths}")
     return paths
@@ -353,6 +390,33 @@ EVALUATORS: dict[str, Callable] = {
 }
 
 
+NONFINITE_FILE = "nonfinite_outputs.csv"
+
+
+def _report_nonfinite(ev: Evaluation) -> str | None:
+    """A warning per table row whose model gave a non-finite output (its utterances' metrics are left out of
+    the row's means and counted in its cells), and every such utterance listed in ``NONFINITE_FILE``."""
+    listed = []
+    for table in TABLES:
+        for row in ev.rows.get(table.name, []):
+            ids = row.get(resynthesis.NONFINITE)
+            if not ids:
+                continue
+            where = f"{row.get('run', '?')} ({row['model']}, {row.get('condition', '-')})"
+            shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+            ev.log(
+                f"[avrep] WARNING {where}: non-finite model output for {len(ids)} of {row['n']} test "
+                f"utterance(s), left out of {table.name}: {shown}"
+            )
+            listed += [{"table": table.name, **row, "utterance": u} for u in ids]
+    if not listed:
+        return None
+    path = os.path.join(ev.out_dir, NONFINITE_FILE)
+    write_csv(path, listed, ["table", "run", "model", "condition", "utterance"])
+    ev.log(f"[avrep] the {len(listed)} non-finite outputs are listed in {path}")
+    return path
+
+
 def evaluate_workdir(workdir: str, *, log: Callable[[str], None] = print, **options) -> dict[str, tuple[str, str]]:
     """Evaluates every run under ``workdir``; ``options`` are ``Evaluation`` fields (limit, swap_count, ...)."""
     run_dirs = discover_runs(workdir)  # before creating eval/, so a mistyped --workdir is not created
@@ -367,6 +431,9 @@ def evaluate_workdir(workdir: str, *, log: Callable[[str], None] = print, **opti
             )
         evaluator(model, run_dir, ev)
     written = {}
+    nonfinite = _report_nonfinite(ev)
+    if nonfinite:
+        written["nonfinite_outputs"] = nonfinite
     if ev.denoisers:
         first = ev.denoisers[0].config
         source = open_source(first.data.name, first.data.eval_split, first.data.data_dir)

@@ -105,7 +105,7 @@ class SequenceModel:
                 skipped.append(i)
             else:
                 metas.append(record_meta(record, i))
-                utts.append(utt)
+                utts.append({**utt, "utterance_id": metas[-1]["utterance_id"]})
         return metas, utts, skipped
 
     def split_features(

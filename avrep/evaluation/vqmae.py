@@ -30,17 +30,18 @@ from avrep import audio as audio_lib
 from avrep import runs
 from avrep.evaluation import metrics as metrics_lib
 from avrep.evaluation.sequence import batched_apply, window_starts
-from avrep.evaluation.tables import summarize_rows
+from avrep.evaluation.tables import summarize_rows, write_csv
 from avrep.models.vqmae import VQMAEAV, masked_accuracy, untokenize_audio, untokenize_visual
+from data_pipelines import registry
 from data_pipelines.sources import open_source
-from data_pipelines.spec import aligned_frames, decode_utterance, feature_field
+from data_pipelines.spec import DataError, aligned_frames, clock_frames, decode_speech, decode_utterance
 
 RATIOS = tuple(round(0.1 * i, 1) for i in range(10))
 
 
 def _utterance_windows(record: dict, keys: tuple[str, ...], t: int) -> dict[str, np.ndarray]:
     """{key: [windows, r * t, ...]}: the windows covering one cached utterance (see the module doc)."""
-    n = len(record[feature_field("visual")])
+    n = clock_frames(record)
     starts = window_starts(n, t) if n >= t else [0]
     out = {}
     frames = (np.asarray(starts)[:, None] + np.arange(t)[None, :]) % n
@@ -172,9 +173,8 @@ def reconstruction_curve(model, run_dir: str, *, count: int = 24, ratios=RATIOS,
     n = min(count, len(cache))
     records = [cache[i] for i in range(n)]
     x = tuple(np.stack([_utterance_windows(r, keys, t)[k][0] for r in records]).astype(np.int32) for k in keys)
-    originals = [
-        decode_utterance(source[r["record"]], hop, f"{source.description}: record {r['record']}") for r in records
-    ]
+    read = decode_utterance if "visual" in task.inputs else decode_speech  # audio only: the video is not read
+    originals = [read(source[r["record"]], hop, f"{source.description}: record {r['record']}") for r in records]
     apply = jax.jit(lambda v, xs, ratio, key: _predicted_grids(task.module, v, xs, ratio, key))
     decode = {
         m: jax.jit(lambda g, m=m: task.tokenizers.decode_indices(m, g.reshape(-1, *g.shape[2:]))) for m in task.inputs
@@ -244,3 +244,211 @@ def curve_figure(rows: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------- linear-probe curve
+
+PROBE_STEPS = (0, 400, 800, 1600, 3200)
+PROBE_COLUMNS = (
+    "step",
+    "probe_accuracy",
+    "probe_accuracy_std",
+    "probe_f1",
+    "chance",
+    "masked_accuracy_audio",
+    "masked_accuracy_visual",
+    "hyperparameters",
+)
+
+
+def _pooled_encoder_outputs(module, variables, inputs: tuple) -> jax.Array:
+    """[B, D]: the unmasked encoder's tokens mean-pooled per modality, beside its global / [CLS] tokens."""
+    out = module.apply(variables, *inputs, method="encode")
+    parts = [jnp.mean(z, axis=1) for _, z in sorted(out["tokens"].items())]
+    for name in ("global", "cls"):  # VQ-MAE-AV's pooled global tokens; the unimodal models' [CLS]
+        if name in out:
+            parts += [v.reshape(v.shape[0], -1) for v in jax.tree.leaves(out[name])]  # in key order
+    return jnp.concatenate(parts, axis=-1)
+
+
+def _masked_token_hits(module, variables, inputs: tuple, ratio, key) -> dict[str, jax.Array]:
+    """{modality: [B, 2]}: per example, masked indices predicted right (most likely code) and masked indices."""
+    out = module.apply(variables, *inputs, mask_ratio=ratio, all_logits=True, rngs={"mask": key})
+    hits = {}
+    for name in ("audio", "visual"):
+        if name in out:
+            o = out[name]
+            right = jnp.argmax(o["logits"], -1) == o["targets"]  # per index of each token
+            mask = jnp.broadcast_to(o["target_mask"][..., None], right.shape)  # as masked_accuracy counts
+            per_example = lambda x: x.reshape(x.shape[0], -1).sum(-1)  # noqa: E731
+            hits[name] = jnp.stack([per_example(right & mask), per_example(mask)], axis=-1)
+    return hits
+
+
+class LabelledWindows:
+    """A labelled corpus seen by a pre-training run's tokenizers: every utterance of ``splits`` as windows of the
+    run's length, with its emotion and speaker (the index grids are cached in ``cache_dir``, shared with the
+    fine-tuning runs of the same tokenizers)."""
+
+    def __init__(
+        self, run_dir: str, corpus: str, data_dir: str, cache_dir: str, splits=("train", "validation", "test")
+    ):
+        from avrep.tasks import build_task  # evaluation -> tasks
+
+        config = runs.read_config(run_dir)
+        if config.get("task") != "vqmae":
+            raise ValueError(f"{run_dir}: a {config.get('task')!r} run; the probe needs a VQ-MAE pre-training run")
+        config.data.name, config.data.data_dir, config.data.feature_cache_dir = corpus, data_dir, cache_dir
+        registry.prepare(corpus, data_dir)  # SynthAV is generated if absent, as train.py does
+        self.run_dir, self.config, self.task = run_dir, config, build_task(config)
+        keys = self.task.pipeline.modalities
+        t = self.task.pipeline.frames_per_example
+        windows, owner, first, emotions, speakers = collections.defaultdict(list), [], [], [], []
+        for split in splits:
+            cache = self.task.index_cache(run_dir, split)
+            for i in range(len(cache)):
+                record = cache[i]
+                if "emotion" not in record or "speaker" not in record:
+                    raise DataError(f"{cache.description}: utterance {i} has no emotion / speaker label for the probe")
+                w = _utterance_windows(record, keys, t)
+                first.append(len(owner))
+                for key, v in w.items():
+                    windows[key].append(v)
+                owner += [len(emotions)] * len(next(iter(w.values())))
+                emotions.append(int(record["emotion"]))
+                speakers.append(str(record["speaker"]))
+        self.windows = {k: np.concatenate(v) for k, v in windows.items()}
+        self.first = {k: v[np.asarray(first)] for k, v in self.windows.items()}  # one window per utterance
+        self.owner, self.emotions, self.speakers = np.asarray(owner), np.asarray(emotions), np.asarray(speakers)
+
+    def variables(self, step: int):
+        """The run's variables at ``step``; step 0 is the run's initial (random) weights, drawn as training does."""
+        abstract = jax.eval_shape(self.task.init_variables, jax.random.key(0), self.task.dummy_batch())
+        if step == 0:
+            init_rng, _ = jax.random.split(jax.random.key(int(self.config.seed)))
+            return jax.jit(self.task.init_variables)(init_rng, self.task.dummy_batch())
+        return runs.restore_variables(self.run_dir, abstract, step)
+
+
+def linear_probe_curve(
+    labelled: LabelledWindows,
+    steps=PROBE_STEPS,
+    *,
+    ratio: float = 0.5,
+    seed: int = 0,
+    batch: int = 32,
+    log=print,
+) -> list[dict]:
+    """One row per pre-training step: person-independent emotion accuracy of an MLR on the frozen encoder's
+    pooled tokens (averaged over each utterance's windows), with the shared protocol of
+    ``avrep.evaluation.emotion`` (5 speaker-disjoint folds, C chosen by speaker-disjoint inner CV on the training
+    folds), and the masked-token accuracy at masking ratio ``ratio`` on the first window of every utterance
+    (speakers the pre-training never saw)."""
+    from avrep.evaluation.emotion import evaluate_emotion
+
+    available = set(runs.checkpoint_steps(labelled.run_dir))
+    missing = [s for s in steps if s and s not in available]
+    if missing:
+        raise ValueError(
+            f"{labelled.run_dir}: no checkpoint at step(s) {missing} (kept: {sorted(available)}); train it with "
+            f"--config.train.checkpoint_every and --config.train.max_checkpoints_to_keep that keep them"
+        )
+    module, task = labelled.task.module, labelled.task
+    pooled = jax.jit(lambda v, b: {"z": _pooled_encoder_outputs(module, v, task.model_inputs(b))})
+    hits = jax.jit(lambda v, b: _masked_token_hits(module, v, task.model_inputs(b), ratio, jax.random.key(seed)))
+    n = len(labelled.emotions)
+    rows = []
+    for step in steps:
+        variables = labelled.variables(step)
+        z = batched_apply(pooled, variables, labelled.windows, batch)["z"]
+        features = np.zeros((n, z.shape[-1]))
+        np.add.at(features, labelled.owner, z)
+        features /= np.bincount(labelled.owner, minlength=n)[:, None]
+        (probe,) = evaluate_emotion(
+            {"encoder": features},
+            {"category": labelled.emotions},
+            labelled.speakers,
+            seed=seed,
+            settings=("PI",),
+            classifiers=("mlr",),
+        )
+        counts = batched_apply(hits, variables, labelled.first, batch)
+        row = {
+            "step": step,
+            "probe_accuracy": 100 * probe["accuracy"],
+            "probe_accuracy_std": 100 * probe["accuracy_std"],
+            "probe_f1": 100 * probe["f1"],
+            "chance": 100 * probe["chance"],
+            "hyperparameters": probe["hyperparameters"],
+        }
+        for m in ("audio", "visual"):
+            if m in counts:
+                right, masked = counts[m].sum(0)
+                row[f"masked_accuracy_{m}"] = 100 * float(right) / max(int(masked), 1)
+        log(f"[avrep] probe step {step}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "hyperparameters"))
+        rows.append(row)
+    return rows
+
+
+def write_probe_table(out_dir: str, rows: list[dict], labelled: LabelledWindows, ratio: float) -> str:
+    """``linear_probe.csv`` and ``linear_probe.md`` in ``out_dir``; returns the Markdown path."""
+    os.makedirs(out_dir, exist_ok=True)
+    write_csv(os.path.join(out_dir, "linear_probe.csv"), rows, PROBE_COLUMNS)
+    lines = [
+        f"# Linear probe of {labelled.task.display_name} ({os.path.basename(os.path.normpath(labelled.run_dir))}) "
+        f"on {labelled.config.data.name}",
+        "",
+        f"| step | probe accuracy (%) | probe macro F1 (%) | masked-token accuracy at {ratio:.0%}: audio / visual "
+        "(%) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        masked = " / ".join(f"{r[k]:.2f}" for k in ("masked_accuracy_audio", "masked_accuracy_visual") if k in r)
+        lines.append(
+            f"| {r['step']} | {r['probe_accuracy']:.1f} ± {r['probe_accuracy_std']:.1f} | {r['probe_f1']:.1f} | "
+            f"{masked} |"
+        )
+    lines += [
+        "",
+        f"{len(labelled.emotions)} utterances of {len(set(labelled.speakers))} speakers, none seen in pre-training; "
+        f"chance (majority class) {rows[0]['chance']:.1f} %. Probe: MLR on the frozen encoder's tokens mean-pooled "
+        "per modality (and its global tokens), averaged over each utterance's windows; 5 speaker-disjoint folds, "
+        "mean ± std; C chosen by speaker-disjoint inner CV on the training folds. Step 0: the run's initial weights.",
+    ]
+    path = os.path.join(out_dir, "linear_probe.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m avrep.evaluation.vqmae",
+        description="Linear-probe curve of a VQ-MAE pre-training run: person-independent emotion accuracy of its "
+        "frozen encoder at several checkpoints, and its masked-token accuracy on the labelled speakers.",
+    )
+    parser.add_argument("--probe", required=True, help="the pre-training run directory (e.g. W/vqmae_av)")
+    parser.add_argument("--corpus", default="synthav/vqmae", help="the labelled corpus (default: synthav/vqmae)")
+    parser.add_argument("--data_dir", default="", help="its data directory (default: the run's data.data_dir)")
+    parser.add_argument(
+        "--cache_dir", default="", help="its index caches (default: index_cache beside the run, as the pipeline)"
+    )
+    parser.add_argument("--splits", default="train,validation,test", help="the labelled corpus's splits to use")
+    parser.add_argument("--steps", default=",".join(map(str, PROBE_STEPS)), help="checkpoint steps (0: random)")
+    parser.add_argument("--ratio", type=float, default=0.5, help="masking ratio of the masked-token accuracy")
+    parser.add_argument("--out", default="", help="output directory (default: eval beside the run)")
+    args = parser.parse_args(argv)
+    run_dir = os.path.abspath(args.probe)
+    parent = os.path.dirname(run_dir)
+    data_dir = args.data_dir or str(runs.read_config(run_dir).data.data_dir)
+    cache_dir = args.cache_dir or os.path.join(parent, "index_cache")
+    labelled = LabelledWindows(run_dir, args.corpus, data_dir, cache_dir, splits=tuple(args.splits.split(",")))
+    rows = linear_probe_curve(labelled, [int(s) for s in args.steps.split(",")], ratio=args.ratio)
+    print(open(write_probe_table(args.out or os.path.join(parent, "eval"), rows, labelled, args.ratio)).read())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from avrep.features.inputs import iter_utterance_features, utterance_frames
-from avrep.features.tokenizers import MODALITIES, FrozenTokenizers
+from avrep.features.tokenizers import FrozenTokenizers
 from data_pipelines.spec import DataError, feature_field
 
 INDEX_FILE = "index.json"
@@ -41,7 +41,8 @@ def record_meta(record: Mapping, index: int) -> dict:
 
 class FeatureSource:
     """Random access to a feature cache (``build_feature_cache``): item i is {feature_field("audio"): [r * n, ...],
-    feature_field("visual"): [n, ...]} memory-mapped, with the utterance's id, speaker and labels (``record_meta``)."""
+    feature_field("visual"): [n, ...]} memory-mapped, with the utterance's id, speaker and labels (``record_meta``).
+    An audio-only cache holds {feature_field("audio"): [n, ...]} alone (its frames are the audio frames)."""
 
     def __init__(self, directory: str):
         with open(os.path.join(directory, INDEX_FILE)) as f:
@@ -56,7 +57,7 @@ class FeatureSource:
                 "r",
                 shape=(total * self.rates[m], *self.index["frame_shapes"][m]),
             )
-            for m in MODALITIES
+            for m in self.rates
         }
 
     def __len__(self) -> int:
@@ -90,6 +91,25 @@ def _fingerprint(tokenizers: FrozenTokenizers, source, min_frames: int, outputs:
     }
 
 
+def _read_index(directory: str) -> tuple[dict, str | None]:
+    """A cache's index, and what is wrong with the cache if it was left half-written (a build is written to a
+    temporary directory and renamed when complete, but a copy, a full disk or a kill while an old cache was being
+    replaced can still leave one): an unreadable index, or a data file shorter or longer than the index says."""
+    try:
+        with open(os.path.join(directory, INDEX_FILE)) as f:
+            index = json.load(f)
+        for m, rate in index["rates"].items():
+            path = os.path.join(directory, f"{m}.bin")
+            expected = int(index["total_frames"]) * int(rate) * np.dtype(index["dtypes"][m]).itemsize
+            expected *= int(np.prod(index["frame_shapes"][m]))
+            size = os.path.getsize(path) if os.path.exists(path) else 0
+            if size != expected:
+                return index, f"{m}.bin has {size} of {expected} bytes"
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        return {}, f"{INDEX_FILE} unreadable: {type(e).__name__}: {e}"
+    return index, None
+
+
 def build_feature_cache(
     directory: str,
     tokenizers: FrozenTokenizers,
@@ -103,17 +123,26 @@ def build_feature_cache(
     """The tokenizers' ``outputs`` ("features" for stage 2, "indices" for VQ-MAE) for every record of
     ``source``, written to ``directory`` (reused when its fingerprint matches: the same tokenizers by content,
     i.e. weights and config, the same data files, framing and outputs). Utterances with fewer than
-    ``min_frames`` video frames are skipped, listed in the index (``skipped``) and counted in a printed message."""
+    ``min_frames`` video frames are skipped, listed in the index (``skipped``) and counted in a printed message.
+
+    Tokenizers of the audio modality alone (an audio-only model) give an audio-only cache whose frames are the
+    audio's STFT frames (``audio_rate`` must be 1; ``min_frames`` counts audio frames); the video, possibly 1x1
+    placeholders, is never decoded into the cache."""
+    audio_only = tokenizers.modalities == ("audio",)
+    if audio_only and audio_rate != 1:
+        raise ValueError(f"build_feature_cache: an audio-only cache has audio_rate 1 (its clock), got {audio_rate}")
     fingerprint = _fingerprint(tokenizers, source, min_frames, outputs, audio_rate)
     index_path = os.path.join(directory, INDEX_FILE)
     if os.path.exists(index_path):
-        with open(index_path) as f:
-            index = json.load(f)
-        if index.get("fingerprint") == fingerprint:
+        index, damage = _read_index(directory)
+        if damage is not None:
+            log(f"[avrep] feature cache {directory} is incomplete ({damage}): rebuilding")
+        elif index.get("fingerprint") == fingerprint:
             log(f"[avrep] feature cache {directory}: reused ({len(index['utterances'])} utterances)")
             return FeatureSource(directory)
-        changed = sorted(k for k in fingerprint if index.get("fingerprint", {}).get(k) != fingerprint[k])
-        log(f"[avrep] feature cache {directory} is stale (changed: {', '.join(changed)}): rebuilding")
+        else:
+            changed = sorted(k for k in fingerprint if index.get("fingerprint", {}).get(k) != fingerprint[k])
+            log(f"[avrep] feature cache {directory} is stale (changed: {', '.join(changed)}): rebuilding")
     tmp = f"{directory}.tmp-{hashlib.sha1(directory.encode()).hexdigest()[:8]}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -122,7 +151,9 @@ def build_feature_cache(
     def frames():
         for i in range(len(source)):
             record = source[i]
-            utt = utterance_frames(record, tokenizers.audio_cfg, f"{source.description}: record {i}", audio_rate)
+            utt = utterance_frames(
+                record, tokenizers.audio_cfg, f"{source.description}: record {i}", audio_rate, audio_only=audio_only
+            )
             meta = {"record": i, **record_meta(record, i), "num_frames": utt["num_frames"]}
             if utt["num_frames"] < min_frames:
                 skipped.append(meta)
@@ -132,9 +163,10 @@ def build_feature_cache(
 
     offset = 0
     encoders = {m: jax.jit(f) for m, f in tokenizers.frame_encoders(outputs).items()}
-    files = {m: open(os.path.join(tmp, f"{m}.bin"), "wb") for m in MODALITIES}
+    files = {m: open(os.path.join(tmp, f"{m}.bin"), "wb") for m in tokenizers.modalities}
     try:
-        for k, out in enumerate(iter_utterance_features(encoders, frames())):
+        features = iter_utterance_features(encoders, frames(), per_utterance=tokenizers.batch_statistics)
+        for k, out in enumerate(features):
             if not all(np.all(np.isfinite(x)) for x in out.values()):
                 raise DataError(
                     f"{source.description}: record {utterances[k]['record']} gives non-finite "
@@ -156,7 +188,7 @@ def build_feature_cache(
                 "fingerprint": fingerprint,
                 "dtypes": {m: d for m, (d, _) in layout.items()},
                 "frame_shapes": {m: s for m, (_, s) in layout.items()},
-                "rates": {"audio": audio_rate, "visual": 1},
+                "rates": {m: r for m, r in (("audio", audio_rate), ("visual", 1)) if m in tokenizers.modalities},
                 "total_frames": offset,
                 "utterances": utterances,
                 "skipped": skipped,

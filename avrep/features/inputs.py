@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avrep import audio as audio_lib
-from data_pipelines.spec import audio_frame_windows, decode_utterance
+from data_pipelines.spec import audio_frame_windows, decode_speech, decode_utterance
 
 
 def channel_major(z_e: jax.Array) -> jax.Array:
@@ -38,25 +38,33 @@ def video_to_model_range(video: jax.Array) -> jax.Array:
     return x.reshape(-1, *x.shape[-3:])
 
 
-def utterance_frames(record: Mapping, audio_cfg, where: str, audio_rate: int = 1) -> dict:
+def utterance_frames(record: Mapping, audio_cfg, where: str, audio_rate: int = 1, audio_only: bool = False) -> dict:
     """One utterance as aligned per-frame inputs: n video frames [n, H, W, 3] uint8, ``audio_rate`` * n
     audio windows [r * n, n_fft] (each frames to exactly one centre-padded STFT frame; r = 2 in the VQ-MAE
-    setting, 50 Hz audio against 25 fps video), and the peak-normalised waveform."""
+    setting, 50 Hz audio against 25 fps video), and the peak-normalised waveform.
+
+    ``audio_only``: the audio frames are the clock (an audio-only model reads no video, so its hop need not
+    divide the video frame period): n = every STFT frame of the waveform, no "video" entry; the record's video
+    (an audiovisual corpus's, 1x1 placeholders, or none in a speech dataset) is not read."""
     n_fft, hop = int(audio_cfg["n_fft"]), int(audio_cfg["hop"])
-    utt = decode_utterance(record, hop, where)
+    utt = (decode_speech if audio_only else decode_utterance)(record, hop, where)
     audio_frames = 1 + len(utt["wav"]) // hop  # librosa's center=True frame count
-    n = min(len(utt["video"]), audio_frames // audio_rate)
+    n = audio_frames if audio_only else min(len(utt["video"]), audio_frames // audio_rate)
+    rate = 1 if audio_only else audio_rate
     padded = audio_lib.pad_for_center(utt["wav"], n_fft, str(audio_cfg["pad_mode"]))
-    return {
-        "windows": audio_frame_windows(padded, np.arange(n * audio_rate), n_fft, hop),
-        "video": utt["video"][:n],
-        "wav": utt["wav"],
-        "num_frames": n,
-    }
+    out = {"windows": audio_frame_windows(padded, np.arange(n * rate), n_fft, hop), "wav": utt["wav"], "num_frames": n}
+    if not audio_only:
+        out["video"] = utt["video"][:n]
+    return out
 
 
 def iter_utterance_features(
-    encoders: Mapping[str, Callable], utterances: Iterable[dict], *, group: int = 8, chunk: int = 64
+    encoders: Mapping[str, Callable],
+    utterances: Iterable[dict],
+    *,
+    group: int = 8,
+    chunk: int = 64,
+    per_utterance: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """{modality: outputs [frames, ...]} of each ``utterance_frames`` dict, in order.
 
@@ -64,7 +72,9 @@ def iter_utterance_features(
     functions (e.g. of ``FrozenTokenizers.frame_encoders``) compiled once by the caller and reused: a
     fresh ``jax.jit`` per call would recompile the encoders every time. Frames of ``group`` utterances
     are concatenated and encoded in fixed chunks of ``chunk`` frames (one compiled shape; padding wastes
-    < one chunk per group).
+    < one chunk per group). ``per_utterance``: each utterance's frames are encoded as one batch, unpadded
+    (tokenizers with batch statistics: no other utterance or padding may enter its statistics; one
+    compilation per distinct utterance length).
     """
     inputs = {"audio": "windows", "visual": "video"}
 
@@ -83,6 +93,10 @@ def iter_utterance_features(
                 o[modality] = encoded[s:e]
         return out
 
+    if per_utterance:
+        for utt in utterances:
+            yield {m: np.asarray(jax.device_get(fn(utt[inputs[m]]))) for m, fn in encoders.items()}
+        return
     pending = []
     for utt in utterances:
         pending.append(utt)

@@ -7,7 +7,15 @@ run the frozen decoder. VQ-MAE reads their index grids.
 
 Building a task reads only the tokenizers' configs (shapes, codebook sizes); their variables are restored on
 first use and kept for the process (``restored_variables``), so an evaluation that builds several tasks on
-the same tokenizers restores each once.
+the same tokenizers restores each once. Only the modalities a model reads are loaded: an audio-only VQ-MAE
+names no visual tokenizer, and its corpora may hold 1x1 placeholder frames.
+
+BatchNorm statistics (config key ``tokenizers.batch_stats_mode``, audio VQ-VAEs with BatchNorm): empty keeps the
+tokenizer run's own ``model.batch_stats_mode``; ``"running"`` uses its stored running statistics (a frame's tokens
+depend on that frame alone); ``"batch"`` normalises with the statistics of the frames encoded together, as the
+authors' VQ-MAE-S code tokenises (train-mode BatchNorm, no update of the stored statistics), which is what their
+released speech VQ-VAE's tokens were made with. In ``"batch"`` mode the caches encode each utterance on its own,
+unpadded (``batch_statistics``), so its tokens depend only on its own frames.
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ import numpy as np
 
 from avrep import runs
 from avrep.features.inputs import audio_frames_to_power, channel_major, from_channel_major, video_to_model_range
-from avrep.models.vqvae import build_vqvae
+from avrep.models.vqvae import BATCH_STATS_MODES, build_vqvae
 
 MODALITIES = ("audio", "visual")
+BATCH_STATS_OPTION = ("tokenizers", "batch_stats_mode")  # config key: "" (the run's own), "running" or "batch"
 CACHE_OUTPUTS = ("features", "indices")
 _RESTORED: collections.OrderedDict = collections.OrderedDict()  # (path, step, stamp) -> variables
 _MAX_RESTORED = 8
@@ -77,16 +86,33 @@ def _missing_tokenizer(config: Mapping, modality: str) -> str:
     )
 
 
-class FrozenTokenizers:
-    """The trained audio and visual VQ-VAEs named by ``config.tokenizers`` (run directories)."""
+def _batch_stats_override(config: Mapping) -> dict:
+    """``{"batch_stats_mode": mode}`` from config key tokenizers.batch_stats_mode, or {} when it is empty."""
+    block, key = BATCH_STATS_OPTION
+    mode = str((config.get(block) or {}).get(key, "") or "")
+    if mode and mode not in BATCH_STATS_MODES:
+        raise ValueError(
+            f"config key {block}.{key}={mode!r}: expected '' (the tokenizer's own) or one of {BATCH_STATS_MODES}"
+        )
+    return {key: mode} if mode else {}
 
-    def __init__(self, config: Mapping):
+
+class FrozenTokenizers:
+    """The trained VQ-VAEs named by ``config.tokenizers`` (run directories), for ``modalities`` (default both:
+    VQ-MDVAE; a VQ-MAE loads those its model reads)."""
+
+    def __init__(self, config: Mapping, modalities: tuple[str, ...] = MODALITIES):
+        unknown = sorted(set(modalities) - set(MODALITIES))
+        if unknown or not modalities:
+            raise ValueError(f"FrozenTokenizers: modalities {tuple(modalities)}; expected some of {MODALITIES}")
+        self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.audio_cfg = config["audio"]
         self.paths, self.steps, self.configs, self.modules = {}, {}, {}, {}
         size = int(config["data"]["image_size"])
         inputs = {"audio": (1, int(self.audio_cfg["n_fft"]) // 2 + 1), "visual": (1, size, size, 3)}
         self._abstract, self.latent_shapes = {}, {}
-        for modality in MODALITIES:
+        override = _batch_stats_override(config)
+        for modality in self.modalities:
             path = str(config["tokenizers"][modality])
             if not path:
                 raise ValueError(_missing_tokenizer(config, modality))
@@ -102,7 +128,10 @@ class FrozenTokenizers:
             self.paths[modality] = os.path.realpath(path)
             self.steps[modality] = runs.resolve_checkpoint(path)[1]
             self.configs[modality] = tokenizer_config
-            module = self.modules[modality] = build_vqvae(tokenizer_config.model)
+            fields = dict(tokenizer_config.model)
+            if fields.get("batch_norm"):  # the statistics option only means something with BatchNorm
+                fields.update(override)
+            module = self.modules[modality] = build_vqvae(fields)
             x = jax.ShapeDtypeStruct(inputs[modality], jnp.float32)
             self._abstract[modality] = jax.eval_shape(
                 lambda x, module=module: dict(module.init({"params": jax.random.key(0)}, x, train=False)), x
@@ -112,7 +141,13 @@ class FrozenTokenizers:
             )
             self.latent_shapes[modality] = tuple(z_e.shape[1:])
         self.dims = {m: int(np.prod(s)) for m, s in self.latent_shapes.items()}
-        self.num_codes = {m: int(self.configs[m].model.num_codes) for m in MODALITIES}
+        self.num_codes = {m: int(self.configs[m].model.num_codes) for m in self.modalities}
+        # Batch statistics: a frame's tokens depend on the frames encoded with it, so encode utterance by utterance.
+        self.batch_statistics = any(self._batch_stats(m) for m in self.modalities)
+
+    def _batch_stats(self, modality: str) -> bool:
+        module = self.modules[modality]
+        return bool(getattr(module, "batch_norm", False)) and module.batch_stats_mode == "batch"
 
     def variables(self, modality: str) -> dict:
         """The tokenizer's variables, restored on first use (once per process, see ``restored_variables``)."""
@@ -129,15 +164,17 @@ class FrozenTokenizers:
                 "path": self.paths[m],
                 "step": self.steps[m],
                 "digest": runs.content_digest(self.paths[m], self.steps[m]),
+                # Batch statistics give other tokens than running ones (the default, left out of older fingerprints).
+                **({"batch_stats_mode": "batch"} if self._batch_stats(m) else {}),
             }
-            for m in MODALITIES
+            for m in self.modalities
         }
 
     def encode(self, power: jax.Array, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """power [N, 513], images [N, H, W, 3] in [-0.5, 0.5] -> features [N, 512], [N, 2048] (no gradient)."""
         return self._features("audio", power), self._features("visual", images)
 
-    def _indices(self, modality: str, x: jax.Array) -> jax.Array:
+    def indices(self, modality: str, x: jax.Array) -> jax.Array:
         """Model inputs [N, ...] -> VQ indices [N, *grid] (int16: the codebooks hold at most 32767 codes)."""
         _, indices = self._apply(modality, self._apply(modality, x, method="encode"), method="quantize")
         return indices.astype(jnp.int16)
@@ -150,14 +187,16 @@ class FrozenTokenizers:
             raise ValueError(f"frame_encoders: outputs must be one of {CACHE_OUTPUTS}, got {outputs!r}")
         power = lambda w: audio_frames_to_power(w, self.audio_cfg)  # noqa: E731
         if outputs == "indices":
-            return {
-                "audio": lambda w: self._indices("audio", power(w)),
-                "visual": lambda v: self._indices("visual", video_to_model_range(v)),
+            encoders = {
+                "audio": lambda w: self.indices("audio", power(w)),
+                "visual": lambda v: self.indices("visual", video_to_model_range(v)),
             }
-        return {
-            "audio": lambda w: self._features("audio", power(w)),
-            "visual": lambda v: self._features("visual", video_to_model_range(v)),
-        }
+        else:
+            encoders = {
+                "audio": lambda w: self._features("audio", power(w)),
+                "visual": lambda v: self._features("visual", video_to_model_range(v)),
+            }
+        return {m: encoders[m] for m in self.modalities}
 
     def _features(self, modality: str, x: jax.Array) -> jax.Array:
         """Model inputs [N, ...] -> flattened channel-major pre-quantisation outputs [N, ·] (no gradient)."""

@@ -41,7 +41,9 @@ the batch's statistics and updates the running ones. Inference (``train=False``)
   so cached features, padded evaluation batches and any batch size give the same tokens.
 * ``"batch"``: the statistics of the batch being encoded, without updating the stored
   ones. This is how the authors' VQ-MAE-S code tokenises (it never switches its
-  VQ-VAE to eval mode); use it to reproduce their token sequences, batch by batch.
+  VQ-VAE to eval mode); use it to reproduce their token sequences, batch by batch
+  (a VQ-MAE run selects it for its frozen tokenizers with config key
+  ``tokenizers.batch_stats_mode``).
 
 ``unbiased_running_var=True`` makes the running variance average the unbiased batch
 variance, as PyTorch's BatchNorm does (flax's, the default, averages the biased one);
@@ -313,6 +315,16 @@ SETTINGS = {
     "mdvae_audio": dict(modality="audio", num_codes=64),
     "mdvae_visual": dict(modality="visual"),
     "vqmae_audio": dict(modality="audio", num_codes=256, residual_hidden=32, batch_norm=True),
+    # The released VQ-MAE-S speech VQ-VAE ([code-vqmae-s], checkpoint 2022-12-27/21-42, the one every VQ-MAE-S
+    # script loads): 2 residual layers, linear power in (no log); import it with ``python -m avrep.convert vqvae``.
+    "vqmae_s_audio": dict(
+        modality="audio",
+        num_codes=256,
+        residual_hidden=32,
+        num_residual_layers=2,
+        batch_norm=True,
+        input_transform="none",
+    ),
     "vqmae_visual": dict(modality="visual", code_dim=4, residual_hidden=64, num_downsamples=2),
 }
 

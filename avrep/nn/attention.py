@@ -29,17 +29,18 @@ def layer_norm(name=None):
     return nn.LayerNorm(epsilon=LN_EPS, name=name)
 
 
-def _attention(num_heads: int, name=None):
-    return Attention(num_heads=num_heads, name=name)
+def _attention(num_heads: int, name=None, qkv_bias: bool = True):
+    return Attention(num_heads=num_heads, qkv_bias=qkv_bias, name=name)
 
 
 class _DenseParams(nn.Module):
     """The kernel and bias of an ``nn.DenseGeneral`` (same names, shapes and initial values:
     the kernel is drawn flattened to 2-D, as DenseGeneral does, then reshaped), for
-    :class:`Attention` to apply itself."""
+    :class:`Attention` to apply itself. ``use_bias=False``: no bias parameter (bias None)."""
 
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self):
@@ -47,7 +48,8 @@ class _DenseParams(nn.Module):
             return dense_init(key, (math.prod(self.in_shape), math.prod(self.out_shape)), dtype).reshape(shape)
 
         kernel = self.param("kernel", kernel_init, self.in_shape + self.out_shape)
-        return kernel, self.param("bias", nn.initializers.zeros_init(), self.out_shape)
+        bias = self.param("bias", nn.initializers.zeros_init(), self.out_shape) if self.use_bias else None
+        return kernel, bias
 
 
 class Attention(nn.Module):
@@ -74,9 +76,13 @@ class Attention(nn.Module):
     (True: attend) or None -> [B, N_q, C]. Like flax, masked scores are set to the
     float minimum before the softmax. No dropout, no decoding cache; differentiable in
     reverse mode only (custom VJP).
+
+    ``qkv_bias=False`` drops the query / key / value biases (timm's ``Block(qkv_bias=False)``, the
+    VQ-MAE authors' blocks); the output projection keeps its bias either way.
     """
 
     num_heads: int
+    qkv_bias: bool = True
 
     @nn.compact
     def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, mask=None):
@@ -89,7 +95,8 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: width {c} is not divisible by num_heads={h}")
         d = c // h
         query, key, value = (
-            _DenseParams((cin,), (h, d), name=n)() for n, cin in (("query", c), ("key", c_kv), ("value", c_kv))
+            _DenseParams((cin,), (h, d), self.qkv_bias, name=n)()
+            for n, cin in (("query", c), ("key", c_kv), ("value", c_kv))
         )
         out_kernel, out_bias = _DenseParams((h, d), (c,), name="out")()
         if inputs_k is inputs_q and inputs_v is inputs_q:  # self-attention: Q, K, V in one matmul
@@ -110,13 +117,15 @@ class Attention(nn.Module):
 
 
 def _project_heads(x, params):
-    """x [B, N, C] through the (kernel [C, H, d], bias [H, d]) pairs as one matmul ->
+    """x [B, N, C] through the (kernel [C, H, d], bias [H, d] or None) pairs as one matmul ->
     one [B·H, N, d] array per pair."""
     b, n, c = x.shape
-    h, d = params[0][1].shape
+    h, d = params[0][0].shape[1:]
     kernel = jnp.concatenate([k.reshape(c, h * d) for k, _ in params], axis=1)
-    bias = jnp.concatenate([bias.reshape(h * d) for _, bias in params])
-    y = (x.reshape(b * n, c) @ kernel + bias).reshape(b, n, len(params), h, d)
+    y = x.reshape(b * n, c) @ kernel
+    if params[0][1] is not None:
+        y = y + jnp.concatenate([bias.reshape(h * d) for _, bias in params])
+    y = y.reshape(b, n, len(params), h, d)
     return tuple(y.transpose(2, 0, 3, 1, 4).reshape(len(params), b * h, n, d))
 
 
@@ -251,15 +260,18 @@ class Block(nn.Module):
 
     ``valid`` [B, N] excludes padding slots as keys (their own outputs are ignored
     downstream); ``segment`` (see :func:`_attention_mask`) keeps two packed examples apart.
+    ``qkv_bias``: query / key / value biases (timm's option of the same name).
     """
 
     num_heads: int
     mlp_ratio: float
+    qkv_bias: bool = True
 
     @nn.compact
     def __call__(self, x, valid=None, segment=None):
         h = layer_norm("norm1")(x)
-        x = x + _attention(self.num_heads, "attn")(h, h, mask=_attention_mask(valid, segment))
+        attention = _attention(self.num_heads, "attn", self.qkv_bias)
+        x = x + attention(h, h, mask=_attention_mask(valid, segment))
         return x + MLP(int(self.mlp_ratio * x.shape[-1]), name="mlp")(layer_norm("norm2")(x))
 
 
@@ -290,11 +302,12 @@ class Stack(nn.Module):
     num_heads: int
     mlp_ratio: float
     final_norm: bool
+    qkv_bias: bool = True
 
     @nn.compact
     def __call__(self, x, valid=None, segment=None):
         for i in range(self.depth):
-            x = Block(self.num_heads, self.mlp_ratio, name=f"block_{i}")(x, valid, segment)
+            x = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, name=f"block_{i}")(x, valid, segment)
         return layer_norm("norm")(x) if self.final_norm else x
 
 

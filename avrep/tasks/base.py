@@ -74,6 +74,11 @@ class Task(abc.ABC):
         """The random-access source the training pipeline reads; tasks may derive another (a feature cache)."""
         return source
 
+    def epoch_size(self, source) -> tuple[int, int]:
+        """(examples per epoch, examples per global batch) of the training ``source`` (``training_source``'s), for
+        schedules stated in epochs (``avrep.training.epochs``): by default one example per utterance."""
+        return len(source), self.pipeline.examples_per_batch
+
     def warm_start(self, variables: Variables) -> Variables:
         """Variables of a fresh run after initialisation (e.g. with pre-trained weights put in)."""
         return variables

@@ -13,6 +13,11 @@ a cache per split (``avrep.features.cache.build_feature_cache`` with ``outputs="
 than one token window (``visual_patch_time`` frames) is skipped and listed in the cache index; a longer
 one that is shorter than the window is wrap-padded, as the authors' code does.
 
+Audio-only models (VQ-MAE-S) read no video: only the audio tokenizer is loaded, the cache holds the audio
+index grids alone, and ``data.frames_per_example`` counts audio frames at the model's own rate (VQ-MAE-S: hop
+256 at 16 kHz, 62.5 Hz, 200-frame clips), so the hop need not divide the video frame period and audio-only
+corpora (1x1 placeholder frames) never reach a face model.
+
 Folds (``fold_assignment``). The speakers of every split listed in ``finetune.splits`` are sorted,
 shuffled with ``finetune.fold_seed`` and dealt into ``finetune.num_folds`` groups (sizes differ by at most
 one, so every speaker is tested exactly once; the authors' code left the remainder untested). For fold
@@ -62,13 +67,16 @@ LAYOUT_FIELDS = (
 FOLD_FILE = "fold.json"
 
 
-def audio_rate(config) -> int:
-    """Audio frames per video frame (2 in the VQ-MAE setting: hop 320 at 16 kHz = 50 Hz, video 25 fps)."""
+def audio_rate(config, modalities: tuple[str, ...] = ("audio", "visual")) -> int:
+    """Audio frames per clock frame: per video frame (2 in the VQ-MAE setting: hop 320 at 16 kHz = 50 Hz, video
+    25 fps), or 1 for a model without video, whose clock is its own audio frame rate (VQ-MAE-S: hop 256, 62.5 Hz)."""
+    if "visual" not in modalities:
+        return 1
     rate = int(config["audio"]["sample_rate"]) / int(config["audio"]["hop"]) / int(config["data"]["fps"])
     if abs(rate - round(rate)) > 1e-6 or round(rate) < 1:
         raise ValueError(
             f"config keys audio.sample_rate / audio.hop / data.fps give {rate:.3f} audio frames per "
-            f"video frame; VQ-MAE needs a whole number (hop 320 at 16 kHz with 25 fps gives 2)"
+            f"video frame; VQ-MAE with video needs a whole number (hop 320 at 16 kHz with 25 fps gives 2)"
         )
     return int(round(rate))
 
@@ -90,13 +98,24 @@ class _IndexInputs(Task):
     def _setup_inputs(self, config, kind: str, grid_module):
         """Checks the model's grids (``grid_module``: the VQ-MAE module) against the tokenizers and the window."""
         self.kind = kind
-        self.rate = audio_rate(config)
-        self.tokenizers = FrozenTokenizers(config)
-        t = int(config["data"]["frames_per_example"])
+        self.rate = audio_rate(config, self.inputs)
+        self.tokenizers = FrozenTokenizers(config, self.inputs)  # only the tokenizers this model reads
+        t = int(config["data"]["frames_per_example"])  # clock frames: video, or audio for an audio-only model
         expected, patch_frames = {}, []
         if "audio" in self.inputs:
             expected["audio"] = (self.rate * t, grid_module.audio_bins)
             patch_frames.append(-(-grid_module.audio_patch_time // self.rate))
+            if (self.rate * t) % grid_module.audio_patch_time:
+                what = (
+                    "audio frames (an audio-only model counts audio frames; the 'audio' variant of the configs sets "
+                    "them)"
+                    if "visual" not in self.inputs
+                    else f"video frames ({self.rate * t} audio frames)"
+                )
+                raise ValueError(
+                    f"config key data.frames_per_example={t} {what} is not a whole number of audio tokens of "
+                    f"model.audio_patch_time={grid_module.audio_patch_time} frames"
+                )
         if "visual" in self.inputs:
             expected["visual"] = (t, grid_module.visual_height, grid_module.visual_width)
             patch_frames.append(grid_module.visual_patch_time)
@@ -287,6 +306,12 @@ class VQMAEFinetuneTask(_IndexInputs):
         pre_kind, pre_fields = model_fields(pre.model)
         pre_module = build_model(pre_kind, pre_fields, f"pre-training run {self.pretrained} (config key model)")
         changed = sorted(f for f in LAYOUT_FIELDS if f in fields and fields[f] != getattr(pre_module, f, fields[f]))
+        # mask_unit names the pre-training's masking (a row of [Sadok-thesis] Table C.3): it must be that run's.
+        if "mask_unit" in fields and fields["mask_unit"] != getattr(pre_module, "mask_unit", None):
+            raise ValueError(
+                f"config key model.mask_unit={fields['mask_unit']!r}, but the pre-training run {self.pretrained} "
+                f"masked by {getattr(pre_module, 'mask_unit', None)!r}: fine-tune a run pre-trained with that masking"
+            )
         if changed or (fields and kind != pre_kind):
             raise ValueError(
                 f"config key model differs from the pre-training run {self.pretrained} in its token "
@@ -298,6 +323,9 @@ class VQMAEFinetuneTask(_IndexInputs):
         for m in ("audio", "visual"):
             if not config["tokenizers"][m]:
                 config["tokenizers"][m] = pre.tokenizers[m]
+        # The tokens must be the pre-training's: its BatchNorm statistics option too, unless this config sets one.
+        if not config["tokenizers"].get("batch_stats_mode") and pre.tokenizers.get("batch_stats_mode"):
+            config["tokenizers"]["batch_stats_mode"] = pre.tokenizers.batch_stats_mode
         return pre_kind, fields
 
     @property

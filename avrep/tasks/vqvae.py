@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from avrep.features.inputs import audio_frames_to_power, video_to_model_range
 from avrep.models.vqvae import build_vqvae
 from avrep.nn.losses import itakura_saito_from_log, mse, ssim
 from avrep.tasks.base import Task
-from data_pipelines.spec import PipelineSpec
+from data_pipelines.spec import PipelineSpec, decode_utterance
+
+# Utterances read to count a training split's frames (evenly spaced; all of them in a smaller split).
+EPOCH_SIZE_SAMPLE = 512
 
 
 def augment_images(x: jax.Array, rng: jax.Array, hflip: bool, color_jitter: float) -> jax.Array:
@@ -36,8 +41,13 @@ class VQVAETask(Task):
             raise ValueError(f"config key model.modality must be 'audio' or 'visual', got {self.modality!r}")
         loss = config.get("loss", {})
         self.recon_loss = str(loss.get("recon_loss", "itakura_saito" if self.modality == "audio" else "mse"))
-        if self.recon_loss not in ("itakura_saito", "mse"):
-            raise ValueError(f"config key loss.recon_loss must be 'itakura_saito' or 'mse', got {self.recon_loss!r}")
+        # "smooth_l1": the VQ-MAE-AV code's visual objective (PyTorch's smooth L1, beta 1; the thesis says MSE).
+        if self.recon_loss not in ("itakura_saito", "mse", "smooth_l1"):
+            raise ValueError(
+                f"config key loss.recon_loss must be 'itakura_saito', 'mse' or 'smooth_l1', got {self.recon_loss!r}"
+            )
+        if self.recon_loss == "smooth_l1" and self.modality != "visual":
+            raise ValueError("config key loss.recon_loss='smooth_l1' is a visual objective; audio uses 'itakura_saito'")
         # Our option (the papers: MSE alone): + ssim_weight * (1 - SSIM), SSIM as the evaluation computes it.
         self.ssim_weight = float(loss.get("ssim_weight", 0.0))
         if self.ssim_weight < 0 or (self.ssim_weight > 0 and self.modality != "visual"):
@@ -57,6 +67,19 @@ class VQVAETask(Task):
     @property
     def pipeline(self) -> PipelineSpec:
         return self._pipeline_from_config("frames", ("audio",) if self.modality == "audio" else ("video",))
+
+    def epoch_size(self, source) -> tuple[int, int]:
+        """An epoch is every aligned frame of the training utterances (the authors train their tokenizers on
+        frames), counted on up to ``EPOCH_SIZE_SAMPLE`` evenly spaced utterances and scaled to the split; a batch
+        holds ``examples_per_batch`` x ``frames_per_example`` frames."""
+        n = len(source)
+        indices = np.unique(np.linspace(0, n - 1, min(n, EPOCH_SIZE_SAMPLE)).astype(int))
+        hop = int(self.config["audio"]["hop"])
+        frames = sum(
+            decode_utterance(source[int(i)], hop, f"{source.description}: record {i}")["num_frames"] for i in indices
+        )
+        spec = self.pipeline
+        return round(frames * n / len(indices)), spec.examples_per_batch * spec.frames_per_example
 
     def features(self, batch) -> jax.Array:
         """Model inputs from a pipeline batch: power frames (audio) or normalised images."""
@@ -84,6 +107,8 @@ class VQVAETask(Task):
         out = self.outputs_float32(out)
         if self.recon_loss == "itakura_saito":
             recon = itakura_saito_from_log(x, out["log_recon"])
+        elif self.recon_loss == "smooth_l1":
+            recon = jnp.mean(optax.huber_loss(out["recon"], x, delta=1.0))  # = smooth L1 with beta 1
         else:
             recon = mse(x, out["recon"])
         loss = recon + out["commitment_loss"]

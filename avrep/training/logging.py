@@ -61,6 +61,10 @@ class MetricLogger:
             mininterval=2.0,
         )
         self._last = (time.perf_counter(), initial_step)
+        self._input_wait = 0.0  # seconds spent waiting for batches since the last train row
+
+    def waited_for_input(self, seconds: float) -> None:
+        self._input_wait += seconds
 
     def write(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
         if not self.enabled:
@@ -69,7 +73,10 @@ class MetricLogger:
         record = {f"{prefix}/{k}": float(np.asarray(v)) for k, v in metrics.items()}
         if prefix == "train" and step > then_step:
             record["train/steps_per_second"] = (step - then_step) / max(now - then, 1e-9)
-            self._last = (now, step)
+            # The fraction of wall time the host waited for the input pipeline: near 0 when the device is the
+            # bottleneck (the next batch is ready while the previous step runs), near 1 when input starves it.
+            record["train/input_wait"] = min(self._input_wait / max(now - then, 1e-9), 1.0)
+            self._last, self._input_wait = (now, step), 0.0
         self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
         self._jsonl.flush()
         for k, v in record.items():

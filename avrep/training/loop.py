@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 
 from avrep import runs
 from avrep.tasks import build_task
+from avrep.training import epochs as epochs_lib
 from avrep.training import mesh as mesh_lib
 from avrep.training.checkpointing import Checkpointer
 from avrep.training.logging import MetricLogger
@@ -74,9 +75,12 @@ def _positive(config: ml_collections.ConfigDict, key: str, *, allow_zero: bool =
 
 
 def check_train_config(config: ml_collections.ConfigDict) -> None:
-    """The loop's own config keys, checked before any data or compile work (one line naming the key)."""
+    """The loop's own config keys, checked before any data or compile work (one line naming the key). A step key
+    whose epoch key is given is checked once the epochs are converted (``avrep.training.epochs``)."""
+    in_epochs = {step_key for key, step_key in epochs_lib.EPOCH_KEYS if key in epochs_lib.epoch_keys(config)}
     for key in ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.max_checkpoints_to_keep"):
-        _positive(config, key)
+        if key not in in_epochs:
+            _positive(config, key)
     _positive(config, "train.checkpoint_every_minutes", allow_zero=True, number=float)
 
 
@@ -115,6 +119,21 @@ class _Signals:
             signal.signal(signum, handler)
 
 
+def params_from_run(path: str, params):
+    """A warm start (config key ``train.init_from``): the ``params`` of another run's latest checkpoint, placed as
+    ``params`` are (the same tree and shapes; e.g. a sequence model trained on one corpus, fine-tuned without
+    labels on another). Other collections (codebook, batch and feature statistics) and the optimizer start fresh."""
+    saved = runs.read_variables(path).get("params")
+    where = f"config key train.init_from={path}"
+    if saved is None:
+        raise ValueError(f"{where}: its checkpoint holds no 'params'")
+    shapes = jax.tree.map(np.shape, saved)
+    expected = jax.tree.map(np.shape, params)
+    if jax.tree.structure(shapes) != jax.tree.structure(expected) or shapes != expected:
+        raise ValueError(f"{where}: its parameters differ from this model's in names or shapes (another model?)")
+    return jax.tree.map(lambda p, x: jax.device_put(np.asarray(x, p.dtype), p.sharding), params, saved)
+
+
 def _all_finite(tree) -> jax.Array:
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
@@ -136,10 +155,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict[st
     os.makedirs(workdir, exist_ok=True)
     checkpointer = Checkpointer(workdir, max_to_keep=int(config.train.max_checkpoints_to_keep))
     finished = checkpointer.intact_latest_step()
-    if finished is not None and finished >= num_steps:
+
+    def already_trained() -> bool:
+        if finished is None or finished < num_steps:
+            return False
         checkpointer.close()
         if is_main:
             log(f"[avrep] {name}: already trained to step {finished} ({checkpointer.directory}): nothing to do")
+        return True
+
+    # A schedule in epochs knows its length only once the training split is open (below).
+    in_epochs = bool(epochs_lib.epoch_keys(config))
+    if not in_epochs and already_trained():
         return {"step": finished}
 
     # ---------------------------------------------------------------- data
@@ -148,6 +175,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict[st
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("avrep:data_prepared")
     source = task.training_source(open_source(config.data.name, config.data.train_split, config.data.data_dir), workdir)
+    if in_epochs:
+        config, derived = epochs_lib.resolve_epochs(config, *task.epoch_size(source))
+        check_train_config(config)
+        num_steps = int(config.train.num_steps)
+        if is_main:
+            log(f"[avrep] {name}: {derived}")
+        if already_trained():
+            return {"step": finished}
     data_iter = training_iterator(
         source,
         task.pipeline,
@@ -181,6 +216,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict[st
         state = _train_state(start, variables, opt_state, mesh)
         if is_main:
             log(f"[avrep] {name}: resumed from step {start} ({checkpointer.directory}/{start})")
+    elif config.train.get("init_from"):
+        state["params"] = params_from_run(str(config.train.init_from), state["params"])
+        if is_main:
+            log(f"[avrep] {name}: parameters from {config.train.init_from} (config key train.init_from)")
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -243,10 +282,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict[st
             for step in range(start, num_steps):
                 if validation is not None and validation.stopped:
                     break
+                waiting_since = time.perf_counter()
                 local = next(data_iter)
                 if digest_file:
                     digest_file.write(json.dumps({"step": step + 1, "digest": _batch_digest(local)}) + "\n")
-                state, metrics = step_fn(state, mesh_lib.global_batch(local, mesh), step_rng)
+                batch = mesh_lib.global_batch(local, mesh)
+                logger.waited_for_input(time.perf_counter() - waiting_since)
+                state, metrics = step_fn(state, batch, step_rng)
                 if pending is not None:  # the previous step's metrics: ready by now, no stall
                     last = fetch(*pending)
                     pending = None

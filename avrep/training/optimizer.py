@@ -11,11 +11,13 @@ def make_schedule(cfg: Mapping, num_steps: int) -> optax.Schedule:
     lr = float(cfg["learning_rate"])
     warmup = int(cfg.get("warmup_steps", 0))
     kind = cfg.get("schedule", "constant")
+    # The cosine's horizon: the run's length, or decay_steps where it differs (the VQ-MAE code's 800 epochs).
+    horizon = int(cfg.get("decay_steps", 0)) or num_steps
     if kind == "constant":
         return optax.linear_schedule(0.0, lr, warmup) if warmup else optax.constant_schedule(lr)
     if kind == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, lr, warmup, max(num_steps, warmup + 1), end_value=lr * float(cfg.get("final_fraction", 0.0))
+            0.0, lr, warmup, max(horizon, warmup + 1), end_value=lr * float(cfg.get("final_fraction", 0.0))
         )
     if kind == "step":  # StepLR as in the MDVAE code: lr * gamma^(step // every)
         return optax.exponential_decay(lr, int(cfg["decay_every"]), float(cfg["decay_rate"]), staircase=True)

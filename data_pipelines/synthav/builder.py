@@ -7,6 +7,11 @@ Configs:
   mdvae        64x64 faces at 30 fps (MDVAE / VQ-MDVAE setting), 40 speakers x 24 utterances
   vqmae        96x96 faces at 25 fps (VQ-MAE setting), 40 speakers x 24 utterances
   mdvae_smoke, vqmae_smoke   tiny variants for tests (seconds to build)
+  mdvae_other_smoke          a second tiny MDVAE-setting corpus, 6 other speakers (S007-S012): cross-corpus tests
+  vqmae_pretrain   unlabelled-role pre-training corpus of the VQ-MAE setting (as VoxCeleb2 is to RAVDESS):
+                   240 speakers x 4 utterances, speakers S041-S280, disjoint from vqmae's S001-S040; its
+                   emotion labels exist but pre-training does not read them (PRETRAINING_CORPORA)
+  vqmae_pretrain_smoke       the same beside vqmae_smoke (12 speakers S007-S018, disjoint from its S001-S006)
   speech, speech_smoke       the speech view of mdvae / mdvae_smoke (the DVAE family): the same utterances'
                              16 kHz audio, silence-trimmed at 30 dB as the DVAE papers' code does, with
                              speaker / gender / emotion / intensity labels and the same splits; no video
@@ -51,6 +56,7 @@ class SynthAVConfig(tfds.core.BuilderConfig):
     min_seconds: float = 1.5
     max_seconds: float = 3.0
     seed: int = 0
+    first_speaker: int = 0  # speakers S<first_speaker + 1> ... (generator.make_speakers)
     video: bool = True  # False: the speech view (schema.speech_features), no face drawn
     trim_db: float | None = None  # speech view: leading / trailing silence trimmed (media.trim_silence)
 
@@ -70,8 +76,40 @@ BUILDER_CONFIGS = [
     _config("mdvae", "mdvae"),
     _config("vqmae", "vqmae", min_seconds=2.2, max_seconds=3.5),
     _config("mdvae_smoke", "mdvae", num_speakers=6, utterances_per_speaker=4, min_seconds=1.2, max_seconds=1.6),
+    # A second corpus in the MDVAE setting, 6 other speakers (S007-S012): cross-corpus tests, as RAVDESS is to MEAD.
+    _config(
+        "mdvae_other_smoke",
+        "mdvae",
+        first_speaker=6,
+        num_speakers=6,
+        utterances_per_speaker=4,
+        min_seconds=1.2,
+        max_seconds=1.6,
+    ),
     _config("vqmae_smoke", "vqmae", num_speakers=6, utterances_per_speaker=4, min_seconds=2.2, max_seconds=2.4),
+    # Many speakers, few utterances each: speaker variety is what an encoder must generalise over; shorter
+    # clips keep the CPU cost (generation, index cache) near that of the labelled set.
+    _config(
+        "vqmae_pretrain",
+        "vqmae",
+        first_speaker=40,
+        num_speakers=240,
+        utterances_per_speaker=4,
+        min_seconds=1.6,
+        max_seconds=2.4,
+    ),
+    _config(
+        "vqmae_pretrain_smoke",
+        "vqmae",
+        first_speaker=6,
+        num_speakers=12,
+        utterances_per_speaker=4,
+        min_seconds=2.2,
+        max_seconds=2.4,
+    ),
 ]
+# Pre-training corpus -> the labelled corpus whose speakers it must not contain (tests/test_synthav_generator.py).
+PRETRAINING_CORPORA = {"vqmae_pretrain": "vqmae", "vqmae_pretrain_smoke": "vqmae_smoke"}
 # The speech views: a config of the same generator arguments gives the same utterances (keys and audio).
 _SPEECH_OF = {"speech": "mdvae", "speech_smoke": "mdvae_smoke"}
 BUILDER_CONFIGS += [
@@ -162,7 +200,7 @@ class Synthav(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
-        speakers = generator.make_speakers(cfg.num_speakers, seed=cfg.seed)
+        speakers = speakers_of(cfg)
         splits = generator.split_speakers(speakers, seed=cfg.seed)
         return {name: self._generate_examples(split_speakers) for name, split_speakers in splits.items()}
 
@@ -190,6 +228,11 @@ class Synthav(tfds.core.GeneratorBasedBuilder):
         # Spawned workers: the parent may already hold JAX's threads, which fork would copy.
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             yield from pool.imap(_example, jobs, chunksize=4)
+
+
+def speakers_of(cfg: SynthAVConfig) -> list:
+    """The speakers of a builder config (cheap: no utterance is generated)."""
+    return generator.make_speakers(cfg.num_speakers, seed=cfg.seed, first_speaker=cfg.first_speaker)
 
 
 def hash_seed(*parts) -> int:

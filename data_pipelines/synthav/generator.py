@@ -340,13 +340,14 @@ def _make_speaker(index: int, gender: int, seed: int) -> Speaker:
     )
 
 
-def make_speakers(num_speakers: int, seed: int) -> list[Speaker]:
-    """`num_speakers` speakers, genders alternating (balanced), ids S001, S002, ...
+def make_speakers(num_speakers: int, seed: int, first_speaker: int = 0) -> list[Speaker]:
+    """`num_speakers` speakers, genders alternating (balanced), ids S001, S002, ... (from S<first_speaker + 1>).
 
-    Speaker i depends only on (seed, i), so a larger set extends a smaller one.
+    Speaker i depends only on (seed, i), so a larger set extends a smaller one, and sets of the same seed
+    whose index ranges do not overlap share no speaker (a pre-training corpus beside a labelled one).
     """
     first = int(np.random.default_rng(seed).integers(2))
-    return [_make_speaker(i, (first + i) % 2, seed) for i in range(num_speakers)]
+    return [_make_speaker(i, (first + i) % 2, seed) for i in range(first_speaker, first_speaker + num_speakers)]
 
 
 def split_speakers(speakers, fractions=(0.75, 0.15, 0.10), seed=0) -> dict[str, list[Speaker]]:

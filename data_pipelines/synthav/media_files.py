@@ -39,7 +39,9 @@ def utterance(speaker: int, fps: int, seconds: float = 1.3, face_size: int = 96,
 def write_clip(
     path: str, speaker: int, fps: int = 30, kind: str = "av", seconds: float = 1.3, audio_path: str | None = None
 ) -> None:
-    """Writes one clip. kind: av | video_only | audio | short | no_face | truncated.
+    """Writes one clip. kind: av | video_only | audio | short | no_face | silent (good, plus a flaw), or a damaged
+    file: truncated (the first 400 bytes), cut (the first 75 %: a copy that stopped early), corrupt (header bytes
+    scrambled), cut_audio (the separate ``audio_path`` file cut at 75 %).
 
     ``audio_path`` also writes the audio as a separate file (MEAD's .m4a beside the .mp4).
     """
@@ -48,14 +50,23 @@ def write_clip(
         frames, audio = frames[: int(0.5 * fps)], audio[: media.SAMPLE_RATE // 2]
     if kind == "no_face":
         frames = np.full_like(frames, 128)
+    if kind == "silent":
+        audio = np.zeros_like(audio)
     if kind == "audio":
         media.write_media(path, audio=audio)
-        return
-    media.write_media(path, frames, fps, None if kind == "video_only" else audio)
+    else:  # a .wav path keeps the audio only
+        media.write_media(path, frames, fps, None if kind == "video_only" else audio)
     if audio_path:
         media.write_media(audio_path, audio=audio)
-    if kind == "truncated":
-        with open(path, "rb") as f:
+    damage = {
+        "truncated": lambda data: data[: min(len(data) // 3, 400)],
+        "cut": lambda data: data[: len(data) * 3 // 4],
+        "cut_audio": lambda data: data[: len(data) * 3 // 4],
+        "corrupt": lambda data: data[:16] + bytes(b ^ 0x5A for b in data[16:48]) + data[48:],
+    }.get(kind)
+    if damage is not None:
+        damaged = audio_path if kind == "cut_audio" else path
+        with open(damaged, "rb") as f:
             data = f.read()
-        with open(path, "wb") as f:
-            f.write(data[: min(len(data) // 3, 400)])
+        with open(damaged, "wb") as f:
+            f.write(damage(data))

@@ -70,6 +70,17 @@ def batch_stft(waveforms: Sequence[np.ndarray]) -> Batch:
     return Batch(X, jnp.asarray(mask), np.asarray(peaks, np.float32), lengths)
 
 
+def power_spectrograms(waves: list[np.ndarray], chunk: int = 32) -> list[np.ndarray]:
+    """|STFT|² [T_i, F] of each peak-normalised waveform (the test-time front end), computed ``chunk`` at a time
+    as padded batches: a few array shapes instead of one compilation per utterance length."""
+    out = []
+    for start in range(0, len(waves), chunk):
+        batch = batch_stft(waves[start : start + chunk])
+        power = np.square(np.abs(np.asarray(batch.X)))
+        out += [power[i, : num_frames(int(n))] for i, n in enumerate(batch.length)]
+    return out
+
+
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Utterance indices grouped into batches of at most ``batch_size`` of similar lengths (sorted), so that
     little padding is needed: the backward-in-time encoders read the padding first (measured: 40 padded

@@ -14,6 +14,9 @@ Per utterance: x_t ~ N_c(0, g_t v_s(z_t) + (W H)_t), z_t ~ N(0, I), the VAE deco
 
 Batched like the VEM: one compiled ``lax.scan`` over iterations, ``vmap``-ped over utterances, padded
 frames excluded (a frame-wise prior: padding changes nothing).
+
+:func:`mcem_av` is the same algorithm with an AV-CVAE (:mod:`av_cvae`): z's prior is the visual prior
+p(z | v) of each frame's lip image and the decoder reads the lips too ([AV-slides]).
 """
 
 from __future__ import annotations
@@ -48,14 +51,17 @@ class MCEMSettings:
             raise ValueError(f"MCEMSettings.burn_in={self.burn_in!r}: expected 0 <= burn_in < mh_steps")
 
 
-def _metropolis_hastings(decode, power, Vn, g, z, key, steps: int, keep: int, proposal_std: float):
-    """``steps`` MH moves of every frame's z [T, Z]; returns (last z, the last ``keep`` samples' v_s
+def _metropolis_hastings(decode, power, Vn, g, z, key, steps: int, keep: int, proposal_std: float, prior=(0.0, 0.0)):
+    """``steps`` MH moves of every frame's z [T, Z] under the prior N(mean, exp(log-variance)) ``prior`` (default
+    N(0, I); AV-CVAE: the visual prior of each frame); returns (last z, the last ``keep`` samples' v_s
     [keep, T, F])."""
+    prior_mean, prior_logvar = prior
 
     def log_target(z):
         Vs = decode(z)
         Vx = g[:, None] * Vs + Vn
-        return -jnp.sum(jnp.log(Vx) + power / Vx, axis=-1) - 0.5 * jnp.sum(jnp.square(z), axis=-1), Vs
+        log_prior = -0.5 * jnp.sum(jnp.square(z - prior_mean) * jnp.exp(-prior_logvar), axis=-1)
+        return -jnp.sum(jnp.log(Vx) + power / Vx, axis=-1) + log_prior, Vs
 
     def move(carry, key):
         z, log_p, Vs = carry
@@ -83,12 +89,19 @@ def _mcem_one(model, variables, settings, X, mask, W, H, g, key):
         return jnp.exp(model.apply(variables, z, method="decode"))
 
     z = model.apply(variables, power[None], sample=False)["z_mean"][0]
+    return _mcem_core(decode, z, (0.0, 0.0), settings, X, mask, W, H, g, key)
+
+
+def _mcem_core(decode, z, prior, settings, X, mask, W, H, g, key):
+    """MCEM of one utterance from the chain start ``z`` [T, Z], the decoder ``decode(z) -> v_s`` and the prior."""
+    power = jnp.square(X.real) + jnp.square(X.imag)
     std = settings.proposal_variance**0.5
     keep = settings.mh_steps - settings.burn_in
 
     def iteration(carry, key):
         z, W, H, g = carry
-        z, Vs = _metropolis_hastings(decode, power, nmf.noise_variance(W, H), g, z, key, settings.mh_steps, keep, std)
+        Vn = nmf.noise_variance(W, H)
+        z, Vs = _metropolis_hastings(decode, power, Vn, g, z, key, settings.mh_steps, keep, std, prior)
         W, H, g, Vx = nmf.m_step(power, mask, W, H, g, Vs)
         return (z, W, H, g), nmf.is_cost(power, mask, Vx)
 
@@ -97,7 +110,7 @@ def _mcem_one(model, variables, settings, X, mask, W, H, g, key):
     (z, W, H, g), loss = jax.lax.scan(iteration, (z, W, H, g), keys)
     Vn = nmf.noise_variance(W, H)
     steps = settings.wiener_burn_in + settings.wiener_samples
-    _, Vs = _metropolis_hastings(decode, power, Vn, g, z, key_final, steps, settings.wiener_samples, std)
+    _, Vs = _metropolis_hastings(decode, power, Vn, g, z, key_final, steps, settings.wiener_samples, std, prior)
     gain = jnp.mean(nmf.wiener_gain(g[:, None] * Vs, Vn), axis=0) * mask[:, None]
     return dict(S_hat=gain * X, Vs=jnp.mean(Vs, axis=0), Vn=Vn, W=W, H=H, g=g, loss=loss)
 
@@ -122,3 +135,35 @@ def mcem(model, variables, X, mask, *, settings: MCEMSettings = MCEMSettings(), 
     W, H, g = nmf.init_nmf(key_init, batch, frames, settings.nmf_rank, bins)
     keys = jax.random.split(key_run, batch)
     return _mcem_batched(model, variables, settings, X, jnp.asarray(mask, bool), W, H, g, keys)
+
+
+def _mcem_av_one(model, variables, settings, X, mask, lips, W, H, g, key):
+    power = jnp.square(X.real) + jnp.square(X.imag)
+
+    def decode(z):
+        return jnp.exp(model.apply(variables, z, lips, method="decode"))
+
+    prior = model.apply(variables, lips, method="prior")
+    z = model.apply(variables, power, lips, method="encode")[0]  # the chain starts at q(z | x, v)'s mean
+    return _mcem_core(decode, z, prior, settings, X, mask, W, H, g, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _mcem_av_batched(model, variables, settings, X, mask, lips, W, H, g, keys):
+    return jax.vmap(functools.partial(_mcem_av_one, model, variables, settings))(X, mask, lips, W, H, g, keys)
+
+
+def mcem_av(model, variables, X, mask, lips, *, settings: MCEMSettings = MCEMSettings(), key) -> dict:
+    """:func:`mcem` with an AV-CVAE (``av_cvae.AVCVAE``): the decoder and the prior of z read each frame's lip
+    image ``lips`` [B, T, P] (the video frame beside every STFT frame), the prior is the visual one."""
+    X = noisy_stft(X, model, "mcem_av")
+    if tuple(jnp.shape(mask)) != X.shape[:2]:
+        raise ValueError(f"mcem_av: mask has shape {tuple(jnp.shape(mask))}; expected {X.shape[:2]}")
+    if tuple(jnp.shape(lips)) != X.shape[:2] + (model.lip_dim,):
+        raise ValueError(f"mcem_av: lips has shape {tuple(jnp.shape(lips))}; expected {X.shape[:2] + (model.lip_dim,)}")
+    batch, frames, bins = X.shape
+    key_init, key_run = jax.random.split(key)
+    W, H, g = nmf.init_nmf(key_init, batch, frames, settings.nmf_rank, bins)
+    keys = jax.random.split(key_run, batch)
+    lips = jnp.asarray(lips, jnp.float32)
+    return _mcem_av_batched(model, variables, settings, X, jnp.asarray(mask, bool), lips, W, H, g, keys)

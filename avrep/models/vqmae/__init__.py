@@ -13,12 +13,13 @@ masking, packed and paired buffers), :mod:`.av` (:class:`VQMAEAV`), :mod:`.unimo
 transformer blocks live in :mod:`avrep.nn.attention`, the generic losses in :mod:`avrep.nn.losses`.
 """
 
-from avrep.models.vqmae.av import FUSIONS, MASKINGS, VQMAEAV, Fusion
+from avrep.models.vqmae.av import CAF_FORMS, FUSIONS, MASKINGS, VQMAEAV, Fusion
 from avrep.models.vqmae.heads import POOLINGS, Query2Emo, VQMAEClassifier, count_params, masked_accuracy, vqmae_loss
 from avrep.models.vqmae.masking import (
     MASK_RNG,
     MASK_UNITS,
     Masking,
+    masking_from_order,
     num_visible_units,
     packed_saf_slots,
     paired_slots,
@@ -34,10 +35,12 @@ from avrep.models.vqmae.tokens import (
     untokenize_audio,
     untokenize_visual,
 )
-from avrep.models.vqmae.unimodal import VQMAES, VQMAEV
+from avrep.models.vqmae.unimodal import LOSS_MASKS, VQMAES, VQMAEV
 
 __all__ = [
+    "CAF_FORMS",
     "FUSIONS",
+    "LOSS_MASKS",
     "MASKINGS",
     "MASK_RNG",
     "MASK_UNITS",
@@ -55,6 +58,7 @@ __all__ = [
     "check_indices",
     "count_params",
     "masked_accuracy",
+    "masking_from_order",
     "num_visible_units",
     "packed_saf_slots",
     "paired_slots",

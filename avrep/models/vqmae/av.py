@@ -12,8 +12,15 @@ the one the parameter counts of [Sadok-thesis] contain. The decoder replaces the
 outputs in their original places among one shared learned mask token, adds its own
 position and modality embeddings, runs L' blocks with the same fusion options and no
 final LayerNorm ([Sadok-thesis] Sec. 5.2.5). The decoder CAF of [code-vqmae-av] applies
-the *visual* cross-attention to the audio stream too (a bug); here each modality uses
-its own (same parameter count).
+the *visual* cross-attention to the audio stream too (a bug; its audio cross-attention block
+exists but is never used); here each modality uses its own (same parameter count).
+``caf_form="authors"`` reproduces theirs (to match their numbers and run their checkpoints:
+``avrep.convert.vqmae``); the decoder then has no audio cross-attention parameters.
+
+**Attention biases.** ``attention_bias`` (default True, as avrep's earlier checkpoints): query / key /
+value biases in the self-attention blocks. The authors' timm blocks have none
+(``Block(qkv_bias=False)``; 15,360 parameters in SAF-SAF 12 / 4), so the ``:paper`` configs set it
+False; their cross-attention blocks (PyTorch ``nn.MultiheadAttention``) and the poolings keep theirs.
 
 **Global tokens** ([Sadok-thesis] Sec. 5.2.5, Eqs. 5.1–5.2). Attention pooling with a
 learned query (N(0, 1) init, as the code): ``a = q + MHA(q, z, z); w = a + LN(MLP(a))``,
@@ -33,9 +40,11 @@ as negatives, both directions, [code-vqmae-av]; the thesis gives no τ).
 
 **Sizes.** With the defaults and ``global_tokens=False``: SAF-SAF 13,507,520,
 CAF-SAF 25,024,960, SAF-CAF 18,442,560, CAF-CAF 29,960,000 parameters ([Sadok-thesis]
-Table 5.4: 13.5 / 25.0 / 18.4 / 30.0 M); SAF-SAF with 6 / 16 / 20 encoder blocks:
-8,571,200 / 16,798,400 / 20,089,280 ([Sadok-thesis] Table C.1: 8.5 / 16.8 / 20.2 M). All
-are within 0.1 M of the thesis except depth 20 (-0.111 M). Each block adds 822,720, so
+Table 5.4: 13.5 / 25.0 / 18.4 / 30.0 M); with ``attention_bias=False`` SAF-SAF 13,492,160 and
+CAF-CAF 29,929,280, the authors' classes' counts exactly (tests/test_vqmae_parity.py). SAF-SAF
+(with biases) with 6 / 16 / 20 encoder blocks: 8,571,200 / 16,798,400 / 20,089,280
+([Sadok-thesis] Table C.1: 8.5 / 16.8 / 20.2 M). All are within 0.1 M of the thesis except
+depth 20 (-0.111 M). Each block adds 822,720, so
 6 -> 20 blocks adds 11.52 M where [Sadok-thesis] Table C.1 says 11.7 M; to put all four
 depths within 0.1 M the model would need 11-29 k more depth-independent parameters than
 the structure of [Sadok-thesis] and [code-vqmae-av] has (or ~640 more per block: e.g.
@@ -83,6 +92,7 @@ from avrep.nn.attention import AttentionPooling, CrossAttentionBlock, Stack
 
 FUSIONS = ("saf", "caf")
 MASKINGS = ("dirichlet", "fixed")
+CAF_FORMS = ("corrected", "authors")  # the decoder's CAF: each modality its own cross-attention, or [code-vqmae-av]'s
 
 
 def _concat_valid(a, v, valid_a, valid_v):
@@ -97,7 +107,8 @@ class Fusion(nn.Module):
 
     "saf": one shared Stack over concat(audio, visual). "caf": per modality a
     CrossAttentionBlock (query = own tokens, key = value = both modalities' tokens),
-    then a per-modality Stack.
+    then a per-modality Stack. ``caf_form="authors"``: the audio stream goes through the
+    *visual* cross-attention block ([code-vqmae-av]'s decoder; see the module doc).
     """
 
     kind: str
@@ -105,9 +116,12 @@ class Fusion(nn.Module):
     num_heads: int
     mlp_ratio: float
     final_norm: bool
+    qkv_bias: bool = True
+    caf_form: str = "corrected"
 
     def __post_init__(self):
         check_choice(self, "kind", FUSIONS)
+        check_choice(self, "caf_form", CAF_FORMS)
         super().__post_init__()
 
     @nn.compact
@@ -117,24 +131,24 @@ class Fusion(nn.Module):
         if v is None:
             if self.kind != "saf":
                 raise ValueError("Fusion: a single packed sequence needs kind='saf'")
-            return Stack(self.depth, self.num_heads, self.mlp_ratio, self.final_norm, name="stack")(a, valid_a, segment)
+            return self._stack("stack")(a, valid_a, segment)
         n_a = a.shape[1]
         both = jnp.concatenate([a, v], axis=1)
         both_valid = _concat_valid(a, v, valid_a, valid_v)
-        stack = lambda name: Stack(
-            self.depth,
-            self.num_heads,
-            self.mlp_ratio,
-            self.final_norm,  # noqa: E731
-            name=name,
-        )
         if self.kind == "saf":
-            x = stack("stack")(both, both_valid)
+            x = self._stack("stack")(both, both_valid)
             return x[:, :n_a], x[:, n_a:]
-        cross = lambda name: CrossAttentionBlock(self.num_heads, self.mlp_ratio, name=name)  # noqa: E731
-        a = stack("audio_stack")(cross("audio_cross")(a, both, both_valid), valid_a)
-        v = stack("visual_stack")(cross("visual_cross")(v, both, both_valid), valid_v)
+        visual_cross = CrossAttentionBlock(self.num_heads, self.mlp_ratio, name="visual_cross")
+        if self.caf_form == "authors":
+            audio_cross = visual_cross
+        else:
+            audio_cross = CrossAttentionBlock(self.num_heads, self.mlp_ratio, name="audio_cross")
+        a = self._stack("audio_stack")(audio_cross(a, both, both_valid), valid_a)
+        v = self._stack("visual_stack")(visual_cross(v, both, both_valid), valid_v)
         return a, v
+
+    def _stack(self, name):
+        return Stack(self.depth, self.num_heads, self.mlp_ratio, self.final_norm, self.qkv_bias, name=name)
 
 
 class _AVStack(nn.Module):
@@ -147,6 +161,8 @@ class _AVStack(nn.Module):
     num_heads: int
     mlp_ratio: float
     position_init: str
+    qkv_bias: bool
+    caf_form: str
 
 
 class _AVEncoder(_AVStack):
@@ -177,7 +193,9 @@ class _AVEncoder(_AVStack):
                 x = _gather(x, maskings[g.name].keep)
             xs[g.name] = x
             valid[g.name] = None if maskings is None else maskings[g.name].valid
-        fusion = Fusion(self.fusion, self.depth, self.num_heads, self.mlp_ratio, final_norm=True, name="fusion")
+        fusion = Fusion(
+            self.fusion, self.depth, self.num_heads, self.mlp_ratio, True, self.qkv_bias, self.caf_form, name="fusion"
+        )
         if packed is not None:
             x = jnp.concatenate([xs["audio"], xs["visual"]], axis=1)
             ids = _pack_visible(maskings["audio"], maskings["visual"], packed)
@@ -213,9 +231,9 @@ class _AVDecoder(_AVStack):
             pos = _position_param(self, f"{g.name}_pos", g, self.width, self.position_init)
             modality = self.param(f"{g.name}_modality", _pos_init, (self.width,))
             xs[g.name] = x + pos[: x.shape[1]] + modality
-        ys = Fusion(self.fusion, self.depth, self.num_heads, self.mlp_ratio, final_norm=False, name="fusion")(
-            xs["audio"], xs["visual"]
-        )
+        ys = Fusion(
+            self.fusion, self.depth, self.num_heads, self.mlp_ratio, False, self.qkv_bias, self.caf_form, name="fusion"
+        )(xs["audio"], xs["visual"])
         out = {}
         for g, y in zip(self.grids, ys):
             head = _index_head(g, self.width, f"{g.name}_")
@@ -265,6 +283,8 @@ class VQMAEAV(nn.Module):
     decoder_fusion: str = "caf"
     global_tokens: bool = True  # attention-pooled w_a, w_v (needed for the contrastive loss)
     position_init: str = "normal"  # learned positions from N(0, 0.02²) as the code, or "sincos"
+    attention_bias: bool = True  # q / k / v biases in the self-attention blocks (the authors': none)
+    caf_form: str = "corrected"  # or "authors": the decoder's audio stream through the visual cross-attention
     # Masking ([Sadok-thesis] Sec. 5.2.3–5.2.4).
     masking: str = "dirichlet"  # or "fixed" (mask_ratio for both modalities)
     mask_ratio: float = 0.8
@@ -279,6 +299,7 @@ class VQMAEAV(nn.Module):
         check_choice(self, "decoder_fusion", FUSIONS)
         check_choice(self, "masking", MASKINGS)
         check_choice(self, "position_init", POSITION_INITS)
+        check_choice(self, "caf_form", CAF_FORMS)
         _check_masking_fields(self)
         if len(self.dirichlet_alpha) != 2 or min(self.dirichlet_alpha) <= 0:
             raise ValueError(
@@ -310,9 +331,13 @@ class VQMAEAV(nn.Module):
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
             position_init=self.position_init,
+            qkv_bias=self.attention_bias,
         )
-        self.encoder = _AVEncoder(depth=self.encoder_depth, fusion=self.encoder_fusion, **common)
-        self.decoder = _AVDecoder(depth=self.decoder_depth, fusion=self.decoder_fusion, **common)
+        # The authors' encoder CAF is the corrected one: only their decoder shares its visual block.
+        self.encoder = _AVEncoder(depth=self.encoder_depth, fusion=self.encoder_fusion, caf_form="corrected", **common)
+        self.decoder = _AVDecoder(
+            depth=self.decoder_depth, fusion=self.decoder_fusion, caf_form=self.caf_form, **common
+        )
         if self.global_tokens:
             self.audio_pool = AttentionPooling(self.num_heads, self.mlp_ratio)
             self.visual_pool = AttentionPooling(self.num_heads, self.mlp_ratio)
@@ -364,22 +389,35 @@ class VQMAEAV(nn.Module):
         }
         return maskings, ratio
 
-    def __call__(self, audio, visual, *, mask_ratio=None, all_logits: bool = False):
+    def __call__(
+        self,
+        audio,
+        visual,
+        *,
+        mask_ratio=None,
+        all_logits: bool = False,
+        maskings: Mapping[str, Masking] | None = None,
+    ):
         """Masked pre-training forward pass.
 
         audio [B, T_a, audio_bins], visual [B, T_v, visual_height, visual_width]: VQ
         indices. mask_ratio: None (the configured masking), or masked fractions
         overriding it: a scalar, (p_a, p_v) or [B, 2] (may be traced). all_logits:
-        logits of every token instead of the masked ones only.
+        logits of every token instead of the masked ones only. maskings: {"audio" |
+        "visual": Masking} to use instead of sampling (e.g. ``masking_from_order`` of a
+        stored shuffle; then no ``"mask"`` RNG is needed).
         """
         tokens = self.tokenize(audio, visual)
-        maskings, _ = self.sample_masking(tokens, mask_ratio)
-        # Coupled ratios (not a call-time override, which may not sum to 1): SAF packs both
-        # modalities' visible tokens into one buffer of a static bound (packed_saf_slots), and
-        # paired ratios put two examples in each row (paired_slots).
+        given = maskings is not None
+        if not given:
+            maskings, _ = self.sample_masking(tokens, mask_ratio)
+        # Coupled ratios (not a call-time override, which may not sum to 1, nor given maskings): SAF
+        # packs both modalities' visible tokens into one buffer of a static bound (packed_saf_slots),
+        # and paired ratios put two examples in each row (paired_slots).
         num_tokens = {k: t.shape[1] for k, t in tokens.items()}
-        packed = None if mask_ratio is not None else packed_saf_slots(self, num_tokens)
-        pairs = None if mask_ratio is not None else paired_slots(self, num_tokens)
+        coupled = mask_ratio is None and not given
+        packed = packed_saf_slots(self, num_tokens) if coupled else None
+        pairs = paired_slots(self, num_tokens) if coupled else None
         z, valid, offsets = self.encoder(tokens, maskings, packed, pairs and pairs.get("encoder"))
         out = self.decoder(z, valid, offsets, maskings, tokens, all_logits, None if all_logits else pairs)
         for name, m in maskings.items():

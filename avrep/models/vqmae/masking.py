@@ -121,10 +121,27 @@ def sample_masking(
     n_vis = num_visible_units(ratio, num_units, min_visible_units, max_visible_units) * unit_size
     unit_order = jnp.argsort(jax.random.uniform(key, (batch, num_units)), axis=1)
     order = (unit_order[:, :, None] * unit_size + jnp.arange(unit_size)).reshape(batch, n_tokens)
-    order = order.astype(jnp.int32)
-    restore = jnp.argsort(order, axis=1).astype(jnp.int32)
     k = max_visible_units * unit_size
-    m = n_tokens - min_visible_units * unit_size
+    return _masking(order, n_vis, k, n_tokens - min_visible_units * unit_size)
+
+
+def masking_from_order(order, num_visible: int) -> Masking:
+    """The exact (padding-free) Masking of a given shuffle: order [B, N] lists each example's token ids,
+    the first ``num_visible`` visible. For replaying a stored masking, e.g. the authors' permutations
+    (their ``forward_indexes``, transposed to batch-major) in the parity tests."""
+    order = jnp.asarray(order)
+    b, n = order.shape
+    if not 0 <= num_visible <= n:
+        raise ValueError(f"masking_from_order: num_visible={num_visible} is outside [0, {n}] (tokens per example)")
+    return _masking(order, jnp.full((b,), num_visible, jnp.int32), num_visible, n - num_visible)
+
+
+def _masking(order, n_vis, k: int, m: int) -> Masking:
+    """The Masking of shuffle ``order`` [B, N] with ``n_vis`` [B] visible tokens, K = ``k`` encoder slots
+    and M = ``m`` target slots."""
+    order = order.astype(jnp.int32)
+    n_tokens = order.shape[1]
+    restore = jnp.argsort(order, axis=1).astype(jnp.int32)
     slots = jnp.arange(n_tokens)
     return Masking(
         order=order,
@@ -136,6 +153,17 @@ def sample_masking(
         masked_ids=order[:, n_tokens - m :],
         masked_valid=slots[n_tokens - m :] >= n_vis[:, None],
     )
+
+
+def authors_unscored(masking: Masking, all_logits: bool):
+    """The masked token [code-vqmae-s]'s loss leaves out: the first one in shuffle order (the encoder never
+    saw it; their decoder counts the [CLS] row among the visible tokens, an off-by-one). -> a mask shaped as
+    the prediction's ``target_mask``: [B, N] with ``all_logits``, else [B, M] over ``masked_ids``."""
+    n_vis = masking.num_visible[:, None]
+    if all_logits:
+        return masking.restore == n_vis
+    n, m = masking.order.shape[1], masking.masked_ids.shape[1]
+    return (n - m + jnp.arange(m)) == n_vis
 
 
 def _gather(x, ids):

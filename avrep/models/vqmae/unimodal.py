@@ -5,6 +5,13 @@ masking (no position embedding in the encoder, decoder position 0), fixed ratio,
 "frame" (best in [Sadok-thesis] Table C.3) or "patch" masking, a 200-frame clip (320 tokens), MLP
 ratio 4 (the code's timm default; the thesis gives no size). The mask ratio default
 0.8 is my choice (the code ships 50-90 % checkpoints; the thesis gives none).
+
+**Loss mask.** avrep scores every masked token (``loss_mask="all_masked"``, the default). [code-vqmae-s]
+scores one fewer per example: its decoder counts the [CLS] row among the visible tokens, so the masked
+token first in shuffle order (never seen by the encoder) is left out, 159 of 160 at 320 tokens and ratio
+0.5. ``loss_mask="authors"`` reproduces that (for comparing with their numbers; tested against their
+model). Their "vertical" (frame) masking also keeps int(N(1 - r)) - 1 tokens, a second off-by-one in the
+masking itself, which is not reproduced. ``attention_bias`` as :class:`avrep.models.vqmae.VQMAEAV`.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from avrep.models.vqmae.masking import (
     _mask_modality,
     _prediction,
     _unshuffle,
+    authors_unscored,
 )
 from avrep.models.vqmae.tokens import (
     POSITION_INITS,
@@ -34,6 +42,8 @@ from avrep.models.vqmae.tokens import (
 )
 from avrep.nn.attention import Stack
 
+LOSS_MASKS = ("all_masked", "authors")
+
 
 class _SStack(nn.Module):
     """The fields a unimodal encoder and decoder share (as _AVStack for VQ-MAE-AV)."""
@@ -44,6 +54,7 @@ class _SStack(nn.Module):
     num_heads: int
     mlp_ratio: float
     position_init: str
+    qkv_bias: bool
 
 
 class _SEncoder(_SStack):
@@ -60,7 +71,7 @@ class _SEncoder(_SStack):
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
         if valid is not None:
             valid = jnp.concatenate([jnp.ones((x.shape[0], 1), bool), valid], axis=1)
-        z = Stack(self.depth, self.num_heads, self.mlp_ratio, final_norm=True, name="stack")(x, valid)
+        z = Stack(self.depth, self.num_heads, self.mlp_ratio, True, self.qkv_bias, name="stack")(x, valid)
         return z[:, 0], z[:, 1:], None if valid is None else valid[:, 1:]
 
 
@@ -72,7 +83,7 @@ class _SDecoder(_SStack):
         pos = _position_param(self, "pos", g, self.width, self.position_init, cls_row=True)  # [CLS] at 0
         x = jnp.concatenate([cls[:, None], _unshuffle(z, valid, masking, mask_token)], axis=1)
         x = x + pos[: x.shape[1]]
-        y = Stack(self.depth, self.num_heads, self.mlp_ratio, final_norm=False, name="stack")(x)[:, 1:]
+        y = Stack(self.depth, self.num_heads, self.mlp_ratio, False, self.qkv_bias, name="stack")(x)[:, 1:]
         head = _index_head(g, self.width, "")
         return _prediction(head, y, tokens, masking, all_logits)
 
@@ -93,9 +104,12 @@ class _UnimodalMAE(nn.Module):
     mask_ratio: float = 0.8
     min_visible: int = 1
     position_init: str = "normal"  # as VQMAEAV.position_init
+    attention_bias: bool = True  # as VQMAEAV.attention_bias
+    loss_mask: str = "all_masked"  # or "authors": [code-vqmae-s]'s off-by-one (module doc)
 
     def __post_init__(self):
         check_choice(self, "position_init", POSITION_INITS)
+        check_choice(self, "loss_mask", LOSS_MASKS)
         _check_masking_fields(self)
         g = self._grid()
         g.check(self.width, g.name)
@@ -111,28 +125,32 @@ class _UnimodalMAE(nn.Module):
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
             position_init=self.position_init,
+            qkv_bias=self.attention_bias,
         )
         self.encoder = _SEncoder(depth=self.encoder_depth, **common)
         self.decoder = _SDecoder(depth=self.decoder_depth, **common)
 
-    def __call__(self, indices, *, mask_ratio=None, all_logits: bool = False):
+    def __call__(self, indices, *, mask_ratio=None, all_logits: bool = False, masking: Masking | None = None):
         """Masked forward pass; ``mask_ratio`` (scalar or [B], may be traced) overrides
-        the fixed ratio, ``all_logits`` as in :class:`VQMAEAV`."""
+        the fixed ratio, ``all_logits`` and ``masking`` (given instead of sampled) as in :class:`VQMAEAV`."""
         grid = self._grid()
         tokens = grid.tokenize(indices)
         batch = tokens.shape[0]
-        exact = mask_ratio is None
-        if exact:
-            ratio = self.mask_ratio
-        else:
-            ratio = jnp.asarray(mask_ratio, jnp.float32)
-            if ratio.shape not in ((), (batch,)):
-                raise ValueError(
-                    f"{type(self).__name__}: mask_ratio has shape {ratio.shape}; expected a scalar or [{batch}]"
-                )
-        masking = _mask_modality(self, self.make_rng(MASK_RNG), ratio, grid, tokens.shape[1], batch, exact)
+        if masking is None:
+            exact = mask_ratio is None
+            if exact:
+                ratio = self.mask_ratio
+            else:
+                ratio = jnp.asarray(mask_ratio, jnp.float32)
+                if ratio.shape not in ((), (batch,)):
+                    raise ValueError(
+                        f"{type(self).__name__}: mask_ratio has shape {ratio.shape}; expected a scalar or [{batch}]"
+                    )
+            masking = _mask_modality(self, self.make_rng(MASK_RNG), ratio, grid, tokens.shape[1], batch, exact)
         cls, z, valid = self.encoder(tokens, masking)
         out = self.decoder(cls, z, valid, masking, tokens, all_logits)
+        if self.loss_mask == "authors":
+            out["target_mask"] = out["target_mask"] & ~authors_unscored(masking, all_logits)
         out.update(masked=masking.masked, mask_fraction=1.0 - masking.num_visible / tokens.shape[1])
         return {grid.name: out, "cls": cls}
 
