@@ -47,6 +47,7 @@ from data_pipelines.sources import open_source
 
 PLAN_FILE = "se_plan.json"  # written by configs/se_pipeline.py; runner.py looks for it
 SAMPLE_RATE = 16000
+NOISY_LABEL, ORACLE_LABEL = "Noisy mixture", "Wiener filter (oracle)"  # the reference rows of every table
 METRICS = ("si_sdr", "pesq", "pesq_nb", "estoi")
 _METRIC_COLUMNS = [
     ("si_sdr", "SI-SDR (dB) ↑", 2),
@@ -320,8 +321,8 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
                 )
             )
 
-    add("Noisy mixture", "-", "-", [m["noisy"] for m in mixtures])
-    add("Wiener filter (oracle)", "-", "-", [oracle_wiener(m) for m in mixtures])
+    add(NOISY_LABEL, "-", "-", [m["noisy"] for m in mixtures])
+    add(ORACLE_LABEL, "-", "-", [oracle_wiener(m) for m in mixtures])
     priors = {}
     for prior_name, run_dir in plan["priors"].items():
         if os.path.isdir(os.path.join(run_dir, CHECKPOINT_SUBDIR)):
@@ -389,10 +390,10 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
             log(f"[avrep] se {name}: {av['dataset']} is not built in {plan['data_dir']}; no audiovisual rows")
 
     for k, m in enumerate(mixtures[: int(plan["examples"])]):
-        enhanced = {label: est[k] for label, est in outputs.items() if label != "Noisy mixture"}
+        enhanced = {label: est[k] for label, est in outputs.items() if label != NOISY_LABEL}
         _write_wavs(os.path.join(out_dir, "se_audio", name), m, enhanced)
         if k == 0:
-            shown = [label for label in outputs if label not in ("Noisy mixture", "Wiener filter (oracle)")][:1]
+            shown = [label for label in outputs if label not in (NOISY_LABEL, ORACLE_LABEL)][:1]
             panels = [("noisy", m["noisy"])] + [(label, outputs[label][0]) for label in shown] + [("clean", m["clean"])]
             _spectrogram_figure(
                 os.path.join(out_dir, f"se_{name}_spectrograms.png"),
@@ -473,9 +474,11 @@ def evaluate_plan(workdir: str, out_dir: str, *, log=print, limit: int | None = 
         _METRIC_COLUMNS,
         _NOTES[:1],
     )
-    av_labels = {"Noisy mixture", "A-CVAE-MCEM", "AV-CVAE-MCEM"}
+    from avrep.evaluation.av_enhancement import AUDIO_LABEL, AV_LABEL  # deferred: it imports this module
+
+    av_labels = {NOISY_LABEL, AUDIO_LABEL, AV_LABEL}
     av_rows = [r for r in by_snr if r["method"] in av_labels]
-    if any(r["method"] != "Noisy mixture" for r in av_rows):
+    if any(r["method"] != NOISY_LABEL for r in av_rows):
         written["se_av"] = write_table(
             out_dir,
             "se_av",

@@ -323,10 +323,10 @@ class LabelledWindows:
 
     def variables(self, step: int):
         """The run's variables at ``step``; step 0 is the run's initial (random) weights, drawn as training does."""
-        abstract = jax.eval_shape(self.task.init_variables, jax.random.key(0), self.task.dummy_batch())
         if step == 0:
             init_rng, _ = jax.random.split(jax.random.key(int(self.config.seed)))
             return jax.jit(self.task.init_variables)(init_rng, self.task.dummy_batch())
+        abstract = jax.eval_shape(self.task.init_variables, jax.random.key(0), self.task.dummy_batch())
         return runs.restore_variables(self.run_dir, abstract, step)
 
 
