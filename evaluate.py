@@ -3,6 +3,7 @@
 python evaluate.py --workdir W          # every run under W (e.g. the default pipeline's stages)
 python evaluate.py --workdir W/vqvae_audio --limit 20
 python evaluate.py --workdir W --emotion_corpus ravdess/mdvae --emotion_data_dir D   # w of MEAD-trained runs on RAVDESS
+python evaluate.py --workdir W --split validation   # resynthesis tables on validation speakers, to choose settings
 """
 
 from absl import app, flags, logging
@@ -30,6 +31,13 @@ _SWAP_COUNT = flags.DEFINE_integer(
     "Transformation experiment: donor/recipient sequences (count * (count - 1) ordered pairs; the paper uses 50 x 50).",
 )
 _DENOISE_COUNT = flags.DEFINE_integer("denoise_count", 24, "Denoising experiment: test sequences.")
+_SPLIT = flags.DEFINE_enum(
+    "split",
+    "test",
+    ["test", "validation"],
+    "Split of the per-run resynthesis tables (tokenizers, MDVAE family, DVAE family). 'validation' is for choosing "
+    "settings: its tables are written as <table>_validation.md/.csv, titled with the split; other tables read test.",
+)
 
 
 def main(argv):
@@ -46,6 +54,7 @@ def main(argv):
         emotion_data_dir=_EMOTION_DATA_DIR.value,
         swap_count=_SWAP_COUNT.value,
         denoise_count=_DENOISE_COUNT.value,
+        split=_SPLIT.value,
     )
 
 

@@ -61,7 +61,8 @@ _NOTES = [
     "wsj0_qut_like: SNR -5/0/5 dB, vb_dmd_like: 2.5/7.5/12.5/17.5 dB). SI-SDR against the clean reference; "
     "PESQ WB: ITU-T P.862.2; PESQ NB: P.862 with the P.862.1 mapping (the `pesq` package, 'nb' mode); ESTOI: "
     "pystoi. STFT: sine window 1024, hop 256, centre zero padding; the noisy waveform is peak-normalised "
-    "before enhancement and the estimate rescaled. U-NA: optimised on each test utterance alone. Oracle "
+    "before enhancement and the estimate rescaled. NMF rank of VEM / MCEM: the plan entry's settings (the SE "
+    "pipeline's VEM: 2), else the authors' 25. U-NA: optimised on each test utterance alone. Oracle "
     "Wiener filter: the true speech and noise STFTs. Priors: the checkpoint with the lowest validation loss."
 ]
 
@@ -76,15 +77,16 @@ class Method:
     enhance: Callable
     unsupported: Callable  # (module, params) -> None, or why the method cannot use this prior
     trains: str | None = None  # the noise-model kind trained on the noisy train split first (U-ND, U-NDA)
+    settings: type | None = None  # the settings dataclass whose fields a plan entry's "settings" may set
 
 
-def _vem(model, variables, batch, iterations: int, key, trained=None):
-    settings = se.VEMSettings(num_iterations=iterations)
+def _vem(model, variables, batch, iterations: int, key, trained=None, **options):
+    settings = se.VEMSettings(num_iterations=iterations, **options)
     return se.enhance_vem(model, variables, batch.X, batch.mask, settings=settings, key=key)["S_hat"]
 
 
-def _mcem(model, variables, batch, iterations: int, key, trained=None):
-    settings = se.MCEMSettings(num_iterations=iterations)
+def _mcem(model, variables, batch, iterations: int, key, trained=None, **options):
+    settings = se.MCEMSettings(num_iterations=iterations, **options)
     return se.mcem(model, variables, batch.X, batch.mask, settings=settings, key=key)["S_hat"]
 
 
@@ -126,8 +128,8 @@ def _is_prior(*names: str) -> Callable:
 # RVAE prior ([DVAE-SE]); RVAE-LV / -NO / -NOLV the DVAE noise models ([Lin-thesis] eq. 6.9-6.16); VAE-MCEM the
 # slides' audio-only baseline (a frame-wise VAE prior, NMF noise, Monte-Carlo EM).
 METHODS = {
-    "vem": Method("{prior}-VEM", "U-NA", _vem, _why_unsupported),
-    "mcem": Method("{prior}-MCEM", "U-NA", _mcem, _is_prior("VAE")),
+    "vem": Method("{prior}-VEM", "U-NA", _vem, _why_unsupported, settings=se.VEMSettings),
+    "mcem": Method("{prior}-MCEM", "U-NA", _mcem, _is_prior("VAE"), settings=se.MCEMSettings),
     **{
         f"una_{kind.lower()}": Method(f"{{prior}}-{kind}", "U-NA", _una(kind), _why_unsupported)
         for kind in se.noise_models.KINDS
@@ -232,6 +234,28 @@ def train_noise_model(model, variables, kind: str, dataset: str, plan: dict) -> 
     return trained, time.perf_counter() - began, losses
 
 
+def method_options(entry: dict) -> dict:
+    """The plan entry's ``settings`` (e.g. ``{"nmf_rank": 4}``), checked against its method's settings dataclass:
+    a ValueError naming the plan key for a method without settings, an unknown field or a bad value."""
+    options = entry.get("settings", {})
+    if not options:
+        return {}
+    method = METHODS[entry["method"]]
+    where = f"{PLAN_FILE}: method {entry['method']!r} settings"
+    if method.settings is None:
+        raise ValueError(
+            f"{where}: this method takes no settings (only {[k for k, m in METHODS.items() if m.settings]})"
+        )
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: {options!r}; expected an object of field names and values")
+    fields = {f.name for f in dataclasses.fields(method.settings)} - {"num_iterations"}  # iterations: per condition
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(fields)}")
+    method.settings(**options)  # its own checks (e.g. a positive rank) name the field
+    return dict(options)
+
+
 def _score(mixture: dict, estimate: np.ndarray) -> dict:
     return metrics_lib.audio_metrics(mixture["clean"], estimate, SAMPLE_RATE, METRICS)
 
@@ -241,8 +265,11 @@ def _load_prior(run_dir: str):
     return load_checkpoint(os.path.join(run_dir, CHECKPOINT_SUBDIR, str(best))), best
 
 
-def enhance_all(method: Method, model, mixtures: list[dict], *, batch: int, iterations: int, seed: int, trained=None):
-    """(estimates in the mixtures' order, processing seconds without compilation, compile seconds)."""
+def enhance_all(
+    method: Method, model, mixtures: list[dict], *, batch: int, iterations: int, seed: int, trained=None, options=None
+):
+    """(estimates in the mixtures' order, processing seconds without compilation, compile seconds); ``options``:
+    the plan entry's settings (:func:`method_options`)."""
     order = sorted(range(len(mixtures)), key=lambda i: mixtures[i]["noisy"].size)
     estimates: list[np.ndarray | None] = [None] * len(mixtures)
     module, variables = model.task.module, {"params": model.variables["params"]}
@@ -254,6 +281,7 @@ def enhance_all(method: Method, model, mixtures: list[dict], *, batch: int, iter
             key = jax.random.fold_in(jax.random.key(seed), start)
             began = time.perf_counter()
             extra = {"trained": trained} if method.trains else {}
+            extra.update(options or {})
             if method.config == "U-ND":
                 # One pass is shorter than its compilation, which the subtracted compile events over-count
                 # (nested traces): the compiled program is run once first and the second run timed.
@@ -334,6 +362,7 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
         if entry["method"] not in METHODS:
             raise ValueError(f"{PLAN_FILE}: unknown method {entry['method']!r}; expected one of {sorted(METHODS)}")
         method, iterations = METHODS[entry["method"]], int(entry["iterations"].get(name, 0))
+        options = method_options(entry)
         for prior_name in entry["priors"]:
             if prior_name not in priors:
                 continue
@@ -364,6 +393,7 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
                 iterations=iterations,
                 seed=int(plan["seed"]),
                 trained=trained,
+                options=options,
             )
             add(label, display, method.config, estimates, run=f"{os.path.basename(run_dir)}@{step}")
             rtf_rows.append(
@@ -380,7 +410,10 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
                     n=len(mixtures),
                 )
             )
-            log(f"[avrep] se {name}: {label} RTF {seconds / audio_seconds:.3f} (compile {compile_seconds:.1f} s)")
+            shown = f" {options}" if options else ""
+            log(
+                f"[avrep] se {name}: {label}{shown} RTF {seconds / audio_seconds:.3f} (compile {compile_seconds:.1f} s)"
+            )
 
     av = plan.get("av")
     if av and av.get("condition") == name:

@@ -137,6 +137,10 @@ DVAE_TABLE = Table(
     ],
 )
 TABLES = (AUDIO_TABLE, VISUAL_TABLE, SWAP_TABLE, DENOISE_TABLE, FINETUNE_TABLE, CURVE_TABLE, DVAE_TABLE)
+# The per-run resynthesis tables read ``Evaluation.split``: "test" (what is reported) or "validation" (what
+# settings are chosen on, so that the test split is scored once). The other tables always read the test split.
+SPLITS = ("test", "validation")
+RESYNTHESIS_TABLES = (AUDIO_TABLE, VISUAL_TABLE, DVAE_TABLE)
 # A 2-value MLP grid (the default 4-value one costs ~5 CPU minutes on SynthAV's 960 utterances).
 EMOTION_PROTOCOL = EmotionProtocol(mlp_grid=(((128, 128), 1e-3), ((128, 128), 1e-1)), mlp_max_iter=200)
 
@@ -194,6 +198,7 @@ class Evaluation:
     emotion_data_dir: str | None = None
     swap_count: int = 8  # donors = recipients of the transformation experiment (count * (count - 1) pairs)
     denoise_count: int = 24  # test sequences of the denoising experiment
+    split: str = "test"  # the split of the resynthesis tables (SPLITS)
     log: Callable[[str], None] = print
     rows: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
     # representation name -> {utterance_id: vector}; labels: utterance_id -> {speaker, emotion, intensity}
@@ -202,14 +207,42 @@ class Evaluation:
     emotion_datasets: dict[str, set] = dataclasses.field(default_factory=dict)  # "evaluated" / "trained": dataset names
     denoisers: list[SequenceModel] = dataclasses.field(default_factory=list)  # VQ runs that decode video
 
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"--split {self.split!r}: expected one of {SPLITS}")
+
 
 def _run_name(run_dir: str) -> str:
     return os.path.basename(os.path.normpath(run_dir))
 
 
+def _resynthesis_source(config, ev: Evaluation):
+    """The utterances a resynthesis table scores: the run's evaluation split, or ``ev.split`` when it is not test."""
+    split = str(config.data.eval_split) if ev.split == "test" else ev.split
+    return open_source(config.data.name, split, config.data.data_dir)
+
+
+def _figure_name(run: str, kind: str, ev: Evaluation) -> str:
+    return os.path.join(ev.out_dir, f"{run}_{kind}.png" if ev.split == "test" else f"{run}_{kind}_{ev.split}.png")
+
+
+def _for_split(table: Table, split: str) -> Table:
+    """A resynthesis table as written for ``split``: a split other than test is named in its file name, title,
+    notes and a column, so that a table made to choose settings is never read as a test result."""
+    if split == "test" or table not in RESYNTHESIS_TABLES:
+        return table
+    return dataclasses.replace(
+        table,
+        name=f"{table.name}_{split}",
+        title=f"{table.title}, {split.upper()} SPLIT (for choosing settings; not a test result)",
+        keys=(*table.keys, "split"),
+        notes=[note.replace("test ", f"{split} ") for note in table.notes],
+    )
+
+
 def _evaluate_vqvae(model, run_dir: str, ev: Evaluation) -> None:
     config = model.config
-    source = open_source(config.data.name, config.data.eval_split, config.data.data_dir)
+    source = _resynthesis_source(config, ev)
     name = model.task.display_name
     run = _run_name(run_dir)
     if config.model.modality == "audio":
@@ -217,17 +250,17 @@ def _evaluate_vqvae(model, run_dir: str, ev: Evaluation) -> None:
         for condition, summary in result["conditions"].items():
             model_name = "original signal" if condition.startswith("reference") else name
             ev.rows.setdefault(AUDIO_TABLE.name, []).append(
-                {"model": model_name, "condition": condition, "run": run, **summary}
+                {"model": model_name, "condition": condition, "run": run, "split": ev.split, **summary}
             )
         resynthesis.spectrogram_figure(
-            result["example"], os.path.join(ev.out_dir, f"{run}_spectrograms.png"), f"{name}: {source.description}"
+            result["example"], _figure_name(run, "spectrograms", ev), f"{name}: {source.description}"
         )
     else:
         result = resynthesis.visual_resynthesis(model, source, limit=ev.limit)
         ev.rows.setdefault(VISUAL_TABLE.name, []).append(
-            {"model": name, "condition": "-", "run": run, **result["summary"]}
+            {"model": name, "condition": "-", "run": run, "split": ev.split, **result["summary"]}
         )
-        resynthesis.faces_figure(result["example"], os.path.join(ev.out_dir, f"{run}_faces.png"), name)
+        resynthesis.faces_figure(result["example"], _figure_name(run, "faces", ev), name)
     ev.log(f"[avrep] evaluated {run_dir} (step {model.step})")
 
 
@@ -236,9 +269,9 @@ def _evaluate_sequence(model, run_dir: str, ev: Evaluation) -> None:
     seq = SequenceModel(model)
     config, run = model.config, _run_name(run_dir)
     source = open_source(config.data.name, config.data.eval_split, config.data.data_dir)
-    utts, xs, skipped = seq.split_features(source, limit=ev.limit)
+    utts, xs, skipped = seq.split_features(_resynthesis_source(config, ev), limit=ev.limit)
     if skipped:
-        ev.log(f"[avrep] {run}: skipped {len(skipped)} test utterance(s) shorter than {seq.t} frames")
+        ev.log(f"[avrep] {run}: skipped {len(skipped)} {ev.split} utterance(s) shorter than {seq.t} frames")
     signals = [seq.to_signals(r) for r in seq.reconstruct(xs)]
     if "audio" in seq.outputs:
         wavs = [u["wav"] for u in utts]
@@ -256,15 +289,15 @@ def _evaluate_sequence(model, run_dir: str, ev: Evaluation) -> None:
         result = resynthesis.score_audio(wavs, reconstruct, config.audio, griffin_lim=False, ids=ids)
         for condition, summary in result["conditions"].items():
             ev.rows.setdefault(AUDIO_TABLE.name, []).append(
-                {"model": seq.name, "condition": condition, "run": run, **summary}
+                {"model": seq.name, "condition": condition, "run": run, "split": ev.split, **summary}
             )
     if "visual" in seq.outputs:
         pairs = ((u["video"].astype(np.float32) / 255.0, s["video"]) for u, s in zip(utts, signals))
         result = resynthesis.score_video(pairs, ids=[u["utterance_id"] for u in utts])
         ev.rows.setdefault(VISUAL_TABLE.name, []).append(
-            {"model": seq.name, "condition": "-", "run": run, **result["summary"]}
+            {"model": seq.name, "condition": "-", "run": run, "split": ev.split, **result["summary"]}
         )
-        resynthesis.faces_figure(result["example"], os.path.join(ev.out_dir, f"{run}_faces.png"), seq.name)
+        resynthesis.faces_figure(result["example"], _figure_name(run, "faces", ev), seq.name)
     if "w" in LATENTS[seq.family]:
         _collect_static_latents(seq, run_dir, ev)
     if seq.family == "mdvae":
@@ -363,11 +396,12 @@ def _evaluate_dvae(model, run_dir: str, ev: Evaluation) -> None:
     if best != model.step:
         model = load_checkpoint(os.path.join(run_dir, CHECKPOINT_SUBDIR, str(best)))
     config, run = model.config, _run_name(run_dir)
-    source = open_source(config.data.name, config.data.eval_split, config.data.data_dir)
-    rows, example = dvae_eval.resynthesis_rows(model, source, limit=ev.limit)
+    rows, example = dvae_eval.resynthesis_rows(model, _resynthesis_source(config, ev), limit=ev.limit)
     name = model.task.display_name
-    ev.rows.setdefault(DVAE_TABLE.name, []).extend(dict(r, model=name, run=run, step=best) for r in rows)
-    resynthesis.spectrogram_figure(example, os.path.join(ev.out_dir, f"{run}_spectrograms.png"), name)
+    ev.rows.setdefault(DVAE_TABLE.name, []).extend(
+        dict(r, model=name, run=run, step=best, split=ev.split) for r in rows
+    )
+    resynthesis.spectrogram_figure(example, _figure_name(run, "spectrograms", ev), name)
     dvae_eval.generation_figure(model, os.path.join(ev.out_dir, f"{run}_generation.png"))
     ev.log(f"[avrep] evaluated {run_dir} (step {best}, lowest validation loss)")
 
@@ -405,8 +439,8 @@ def _report_nonfinite(ev: Evaluation) -> str | None:
             where = f"{row.get('run', '?')} ({row['model']}, {row.get('condition', '-')})"
             shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
             ev.log(
-                f"[avrep] WARNING {where}: non-finite model output for {len(ids)} of {row['n']} test "
-                f"utterance(s), left out of {table.name}: {shown}"
+                f"[avrep] WARNING {where}: non-finite model output for {len(ids)} of {row['n']} "
+                f"{row.get('split', 'test')} utterance(s), left out of {table.name}: {shown}"
             )
             listed += [{"table": table.name, **row, "utterance": u} for u in ids]
     if not listed:
@@ -447,10 +481,9 @@ def evaluate_workdir(workdir: str, *, log: Callable[[str], None] = print, **opti
     for table in TABLES:
         if table.name in ev.rows:
             rows = sorted(ev.rows[table.name], key=_paper_order)
-            written[table.name] = write_table(
-                ev.out_dir, table.name, table.title, rows, table.keys, table.metrics, table.notes
-            )
-            log(f"[avrep] wrote {written[table.name][0]}")
+            out = _for_split(table, ev.split)
+            written[out.name] = write_table(ev.out_dir, out.name, out.title, rows, out.keys, out.metrics, out.notes)
+            log(f"[avrep] wrote {written[out.name][0]}")
     if ev.representations:
         written["emotion"] = _emotion_tables(ev)
     if os.path.isfile(os.path.join(workdir, enhancement_eval.PLAN_FILE)):  # a speech-enhancement workdir
