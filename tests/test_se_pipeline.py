@@ -56,6 +56,40 @@ def test_noisy_and_oracle_rows(plan_dir):
     assert len(wavs) == 3 and any(w.endswith("_noisy.wav") for w in wavs) and any("oracle" in w for w in wavs)
 
 
+def test_one_method_with_different_settings_gives_rows_of_their_own(plan_dir, tmp_path, monkeypatch):
+    """Two plan entries of VEM at NMF ranks 2 and 4 (and one at the defaults) are three rows, each over every
+    mixture, with the settings named in the results and RTF tables (not one row averaged over both)."""
+    _, plan = plan_dir
+    prior_dir = tmp_path / "prior"
+    os.makedirs(prior_dir / enhancement.CHECKPOINT_SUBDIR)
+    model = types.SimpleNamespace(
+        task=types.SimpleNamespace(module=None, display_name="Fake"), variables={"params": {}}
+    )
+    monkeypatch.setattr(enhancement, "_load_prior", lambda run_dir: (model, 7))
+
+    def scaled(module, variables, batch, iterations, key, nmf_rank=25):
+        return batch.X * (nmf_rank / 10)
+
+    fake_vem = dataclasses.replace(enhancement.METHODS["vem"], enhance=scaled, unsupported=lambda module, params: None)
+    monkeypatch.setitem(enhancement.METHODS, "vem", fake_vem)
+    iterations = {c: 1 for c in plan["conditions"]}
+    entries = [
+        dict(method="vem", priors=["fake"], iterations=iterations, settings=s)
+        for s in ({"nmf_rank": 2}, {"nmf_rank": 4}, {})
+    ]
+    workdir = tmp_path / "w"
+    os.makedirs(workdir)
+    with open(workdir / enhancement.PLAN_FILE, "w") as f:
+        json.dump(dict(plan, priors={"fake": str(prior_dir)}, methods=entries), f)
+    enhancement.evaluate_plan(str(workdir), str(workdir / "eval"), log=lambda line: None)
+    with open(workdir / "eval" / "se_results.csv") as f:
+        vem = [r for r in csv.DictReader(f) if r["method"] == "Fake-VEM" and r["condition"] == "wsj0_qut_like"]
+    assert sorted(r["settings"] for r in vem) == ["-", "nmf_rank=2", "nmf_rank=4"]
+    assert all(r["n"] == str(plan["limit"]) and r["run"] == "prior@7" for r in vem)
+    with open(workdir / "eval" / "se_rtf.csv") as f:
+        assert sum(r["settings"] == "nmf_rank=4" for r in csv.DictReader(f)) == len(plan["conditions"])
+
+
 def test_batched_enhancement_returns_estimates_in_order_and_times_without_compiling(plan_dir):
     """A method that halves the noisy STFT: every estimate is half its own mixture, whatever the batch order."""
     _, plan = plan_dir
@@ -81,7 +115,14 @@ def test_plan_and_stages():
     assert unda["iterations"] == {"wsj0_qut_like": 190, "vb_dmd_like": 25}  # [Lin-thesis] Table 6.3
     assert enhancement.METHODS["und_lv"].config == "U-ND" and enhancement.METHODS["unda_lv"].trains == "LV"
     assert plan["av"]["dataset"] == "noisy_speech/wsj0_qut_like_av" and 0 < plan["av"]["alpha"] < 1
-    assert [name for name, _, _ in se_pipeline.get_stages("/w")] == ["vae", "dkf", "rvae", "srnn"]
+    # every NMF noise model of the plan at the rank chosen for VEM (a prior without harmonics loses its speech at 25)
+    mcem = next(m for m in plan["methods"] if m["method"] == "mcem")
+    assert mcem["settings"] == se_pipeline.NMF_SETTINGS and plan["av"]["nmf_rank"] == 2
+    stages = {name: config for name, _, config in se_pipeline.get_stages("/w")}
+    assert list(stages) == ["vae", "dkf", "rvae", "srnn"]
+    # the headline priors train long enough to decode harmonics; the others as the DVAE pipeline
+    assert [stages[n].train.num_steps for n in stages] == [6000, 1000, 6000, 1000]
+    assert stages["rvae"].optimizer.learning_rate == 1e-3 and stages["dkf"].optimizer.learning_rate == 2e-3
     assert {c.model.preset for _, _, c in se_pipeline.get_stages("/w", "smoke")} == {
         "dvae/VAE",
         "dvae/DKF",
@@ -171,7 +212,7 @@ def test_vem_nmf_rank_keeps_the_speech_of_a_prior_without_harmonics():
     collapses and the estimate goes to zero (SDR 0 dB); the plan's rank leaves the speech to the prior. With the
     true speech variance every rank keeps it."""
     S, N, smooth = _harmonic_mixture(0)
-    rank = se_pipeline.VEM_SETTINGS["nmf_rank"]
+    rank = se_pipeline.NMF_SETTINGS["nmf_rank"]
     sdr_25, log_g_25 = _m_steps_only(S, N, smooth, 25)
     sdr_plan, log_g_plan = _m_steps_only(S, N, smooth, rank)
     assert log_g_25 < -4 and sdr_25 < 0.5  # collapsed: the estimate is (almost) nothing
@@ -183,7 +224,7 @@ def test_vem_nmf_rank_keeps_the_speech_of_a_prior_without_harmonics():
 def test_plan_settings_reach_the_method_and_are_checked():
     plan = se_pipeline.get_plan("/w")
     vem = next(m for m in plan["methods"] if m["method"] == "vem")
-    assert enhancement.method_options(vem) == se_pipeline.VEM_SETTINGS
+    assert enhancement.method_options(vem) == se_pipeline.NMF_SETTINGS
     seen = {}
 
     def record(module, variables, batch, iterations, key, **options):

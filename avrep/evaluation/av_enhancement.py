@@ -79,12 +79,14 @@ def training_windows(
     return windows
 
 
-def enhance_av(model, variables, mixtures: list[dict], *, fps: int, batch: int, iterations: int, seed: int):
+def enhance_av(
+    model, variables, mixtures: list[dict], *, fps: int, batch: int, iterations: int, seed: int, nmf_rank: int = 25
+):
     """(estimates in the mixtures' order, processing seconds): MCEM with ``model`` over batches of similar
     lengths, each batch one compiled program."""
     order = sorted(range(len(mixtures)), key=lambda i: mixtures[i]["noisy"].size)
     estimates: list[np.ndarray | None] = [None] * len(mixtures)
-    settings = se.MCEMSettings(num_iterations=iterations)
+    settings = se.MCEMSettings(num_iterations=iterations, nmf_rank=nmf_rank)
     wall = 0.0
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
@@ -106,7 +108,7 @@ def enhance_av(model, variables, mixtures: list[dict], *, fps: int, batch: int, 
 
 def train_and_enhance(av: dict, plan: dict, mixtures: list[dict], log=print) -> dict[str, tuple[list, dict]]:
     """The two rows of the audio-only vs audiovisual comparison: {label: (estimates, info)}; ``av`` is the
-    plan's ``av`` block (train_dataset, fps, utterances, the CVAETrainSettings fields, iterations)."""
+    plan's ``av`` block (train_dataset, fps, utterances, the CVAETrainSettings fields, iterations, nmf_rank)."""
     fps = int(av["fps"])
     fields = {k: av[k] for k in ("num_steps", "batch_size", "frames", "learning_rate", "alpha") if k in av}
     settings = se.CVAETrainSettings(**fields)
@@ -126,7 +128,14 @@ def train_and_enhance(av: dict, plan: dict, mixtures: list[dict], log=print) -> 
             f"{history['loss'][:20].mean():.1f} -> {history['loss'][-20:].mean():.1f}"
         )
         estimates, seconds = enhance_av(
-            model, variables, mixtures, fps=fps, batch=int(plan["batch"]), iterations=int(av["iterations"]), seed=seed
+            model,
+            variables,
+            mixtures,
+            fps=fps,
+            batch=int(plan["batch"]),
+            iterations=int(av["iterations"]),
+            seed=seed,
+            nmf_rank=int(av.get("nmf_rank", 25)),
         )
         out[label] = (estimates, dict(seconds=seconds, train_s=train_seconds))
     return out

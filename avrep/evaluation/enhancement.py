@@ -61,9 +61,10 @@ _NOTES = [
     "wsj0_qut_like: SNR -5/0/5 dB, vb_dmd_like: 2.5/7.5/12.5/17.5 dB). SI-SDR against the clean reference; "
     "PESQ WB: ITU-T P.862.2; PESQ NB: P.862 with the P.862.1 mapping (the `pesq` package, 'nb' mode); ESTOI: "
     "pystoi. STFT: sine window 1024, hop 256, centre zero padding; the noisy waveform is peak-normalised "
-    "before enhancement and the estimate rescaled. NMF rank of VEM / MCEM: the plan entry's settings (the SE "
-    "pipeline's VEM: 2), else the authors' 25. U-NA: optimised on each test utterance alone. Oracle "
-    "Wiener filter: the true speech and noise STFTs. Priors: the checkpoint with the lowest validation loss."
+    "before enhancement and the estimate rescaled. settings: the plan entry's (the SE pipeline's VEM and MCEM: "
+    "nmf_rank=2); '-': the method's defaults (NMF rank 25, the authors'). U-NA: optimised on each test utterance "
+    "alone. Oracle Wiener filter: the true speech and noise STFTs. Priors: the checkpoint with the lowest validation "
+    "loss."
 ]
 
 
@@ -332,8 +333,8 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
     per_utterance, rtf_rows = [], []
     outputs: dict[str, list[np.ndarray]] = {}
 
-    def add(method: str, prior: str, config: str, estimates, run: str = "-") -> None:
-        outputs[method] = estimates
+    def add(method: str, prior: str, config: str, estimates, run: str = "-", settings: str = "-") -> None:
+        outputs[method if settings == "-" else f"{method} ({settings})"] = estimates
         for m, est in zip(mixtures, estimates):
             per_utterance.append(
                 dict(
@@ -341,6 +342,7 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
                     method=method,
                     prior=prior,
                     config=config,
+                    settings=settings,
                     run=run,
                     utterance_id=m["utterance_id"],
                     snr_db=round(m["snr_db"], 2) + 0.0,  # no -0.0
@@ -395,12 +397,14 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
                 trained=trained,
                 options=options,
             )
-            add(label, display, method.config, estimates, run=f"{os.path.basename(run_dir)}@{step}")
+            shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "-"
+            add(label, display, method.config, estimates, run=f"{os.path.basename(run_dir)}@{step}", settings=shown)
             rtf_rows.append(
                 dict(
                     condition=name,
                     method=label,
                     config=method.config,
+                    settings=shown,
                     iterations=iterations if method.config != "U-ND" else "-",
                     batch=min(int(plan["batch"]), len(mixtures)),
                     device=device_description(),
@@ -410,9 +414,9 @@ def evaluate_condition(name: str, condition: dict, plan: dict, out_dir: str, log
                     n=len(mixtures),
                 )
             )
-            shown = f" {options}" if options else ""
             log(
-                f"[avrep] se {name}: {label}{shown} RTF {seconds / audio_seconds:.3f} (compile {compile_seconds:.1f} s)"
+                f"[avrep] se {name}: {label} ({shown}) RTF {seconds / audio_seconds:.3f} "
+                f"(compile {compile_seconds:.1f} s)"
             )
 
     av = plan.get("av")
@@ -456,6 +460,7 @@ def _audiovisual_rows(name: str, av: dict, plan: dict, mixtures: list[dict], add
                 condition=name,
                 method=label,
                 config="U-NA",
+                settings="-",
                 iterations=int(av["iterations"]),
                 batch=min(int(plan["batch"]), len(mixtures)),
                 device=device_description(),
@@ -486,24 +491,25 @@ def evaluate_plan(workdir: str, out_dir: str, *, log=print, limit: int | None = 
         per_utterance += result["per_utterance"]
         rtf_rows += result["rtf"]
     written = {}
-    results = _group(per_utterance, ("condition", "method", "prior", "config", "run"))
+    results = _group(per_utterance, ("condition", "method", "prior", "config", "settings", "run"))
     written["se_results"] = write_table(
         out_dir,
         "se_results",
         "Unsupervised speech enhancement (form of [Lin-thesis] Tables 6.1-6.2)",
         results,
-        ("condition", "method", "prior", "config", "run"),
+        ("condition", "method", "prior", "config", "settings", "run"),
         _METRIC_COLUMNS,
         _NOTES,
     )
-    by_snr = _group(per_utterance, ("condition", "snr_db", "method", "config", "run"))  # one row per prior run
+    snr_keys = ("condition", "snr_db", "method", "config", "settings", "run")
+    by_snr = _group(per_utterance, snr_keys)  # one row per prior run and settings
     by_snr.sort(key=lambda r: (r["condition"], r["snr_db"]))
     written["se_by_snr"] = write_table(
         out_dir,
         "se_by_snr",
         "Speech enhancement per input SNR (audio-only and audiovisual methods side by side)",
         by_snr,
-        ("condition", "snr_db", "method", "config", "run"),
+        snr_keys,
         _METRIC_COLUMNS,
         _NOTES[:1],
     )
@@ -517,7 +523,7 @@ def evaluate_plan(workdir: str, out_dir: str, *, log=print, limit: int | None = 
             "se_av",
             "Audio-only vs audiovisual speech enhancement per input SNR ([AV-slides]' AV-CVAE)",
             av_rows,
-            ("condition", "snr_db", "method", "config", "run"),
+            snr_keys,
             _METRIC_COLUMNS,
             _NOTES[:1]
             + [
@@ -528,7 +534,7 @@ def evaluate_plan(workdir: str, out_dir: str, *, log=print, limit: int | None = 
             ],
         )
     if rtf_rows:
-        rtf_columns = ("condition", "method", "config", "iterations", "batch", "device")
+        rtf_columns = ("condition", "method", "config", "settings", "iterations", "batch", "device")
         written["se_rtf"] = write_table(
             out_dir,
             "se_rtf",
@@ -544,7 +550,18 @@ def evaluate_plan(workdir: str, out_dir: str, *, log=print, limit: int | None = 
                 "needed it; U-NDA reuses U-ND's networks."
             ],
         )
-    columns = ["condition", "method", "prior", "config", "run", "utterance_id", "snr_db", "noise_kind", *METRICS]
+    columns = [
+        "condition",
+        "method",
+        "prior",
+        "config",
+        "settings",
+        "run",
+        "utterance_id",
+        "snr_db",
+        "noise_kind",
+        *METRICS,
+    ]
     write_csv(os.path.join(out_dir, "se_per_utterance.csv"), per_utterance, columns)
     for md, _ in written.values():
         log(f"[avrep] wrote {md}")
