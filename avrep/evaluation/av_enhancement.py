@@ -79,14 +79,11 @@ def training_windows(
     return windows
 
 
-def enhance_av(
-    model, variables, mixtures: list[dict], *, fps: int, batch: int, iterations: int, seed: int, nmf_rank: int = 25
-):
+def enhance_av(model, variables, mixtures: list[dict], *, fps: int, batch: int, settings: se.MCEMSettings, seed: int):
     """(estimates in the mixtures' order, processing seconds): MCEM with ``model`` over batches of similar
     lengths, each batch one compiled program."""
     order = sorted(range(len(mixtures)), key=lambda i: mixtures[i]["noisy"].size)
     estimates: list[np.ndarray | None] = [None] * len(mixtures)
-    settings = se.MCEMSettings(num_iterations=iterations, nmf_rank=nmf_rank)
     wall = 0.0
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
@@ -112,6 +109,8 @@ def train_and_enhance(av: dict, plan: dict, mixtures: list[dict], log=print) -> 
     fps = int(av["fps"])
     fields = {k: av[k] for k in ("num_steps", "batch_size", "frames", "learning_rate", "alpha") if k in av}
     settings = se.CVAETrainSettings(**fields)
+    # MCEM: the plan's iterations, and its NMF rank where it sets one (else MCEMSettings' default)
+    mcem = se.MCEMSettings(num_iterations=int(av["iterations"]), **{k: int(av[k]) for k in ("nmf_rank",) if k in av})
     seed = int(plan["seed"])
     windows = training_windows(
         av["train_dataset"], plan["data_dir"], settings, utterances=int(av.get("utterances", 10**9)), fps=fps, seed=seed
@@ -133,9 +132,8 @@ def train_and_enhance(av: dict, plan: dict, mixtures: list[dict], log=print) -> 
             mixtures,
             fps=fps,
             batch=int(plan["batch"]),
-            iterations=int(av["iterations"]),
+            settings=mcem,
             seed=seed,
-            nmf_rank=int(av.get("nmf_rank", 25)),
         )
         out[label] = (estimates, dict(seconds=seconds, train_s=train_seconds))
     return out

@@ -491,13 +491,14 @@ def evaluate_plan(workdir: str, out_dir: str, *, log=print, limit: int | None = 
         per_utterance += result["per_utterance"]
         rtf_rows += result["rtf"]
     written = {}
-    results = _group(per_utterance, ("condition", "method", "prior", "config", "settings", "run"))
+    result_keys = ("condition", "method", "prior", "config", "settings", "run")
+    results = _group(per_utterance, result_keys)
     written["se_results"] = write_table(
         out_dir,
         "se_results",
         "Unsupervised speech enhancement (form of [Lin-thesis] Tables 6.1-6.2)",
         results,
-        ("condition", "method", "prior", "config", "settings", "run"),
+        result_keys,
         _METRIC_COLUMNS,
         _NOTES,
     )
@@ -550,18 +551,7 @@ def evaluate_plan(workdir: str, out_dir: str, *, log=print, limit: int | None = 
                 "needed it; U-NDA reuses U-ND's networks."
             ],
         )
-    columns = [
-        "condition",
-        "method",
-        "prior",
-        "config",
-        "settings",
-        "run",
-        "utterance_id",
-        "snr_db",
-        "noise_kind",
-        *METRICS,
-    ]
+    columns = [*result_keys, "utterance_id", "snr_db", "noise_kind", *METRICS]
     write_csv(os.path.join(out_dir, "se_per_utterance.csv"), per_utterance, columns)
     for md, _ in written.values():
         log(f"[avrep] wrote {md}")
